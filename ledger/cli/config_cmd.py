@@ -1,0 +1,34 @@
+"""`ledger config`: the settings in force and where each came from."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ledger.cli.common import EXIT_OK, print_json
+from ledger.config import SETTINGS_BY_KEY, Settings
+
+
+def register(subcommands: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        "config",
+        help="print the configuration in force and where each value came from",
+        description="Print every setting, its value and its source (flag, environment, config file, "
+        "default). Precedence: flags > environment > --config/LEDGER_CONFIG file > defaults.",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    rows = settings.describe()
+    if args.json:
+        print_json({key: {"value": value, "source": source} for key, value, source in rows})
+        return EXIT_OK
+    width = max(len(key) for key, _, _ in rows)
+    value_width = min(48, max(len(value) for _, value, _ in rows))
+    for key, value, source in rows:
+        env = "/".join(SETTINGS_BY_KEY[key].env)
+        print(f"{key:<{width}}  {value:<{value_width}}  {source}  [{env}]")
+    return EXIT_OK

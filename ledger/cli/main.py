@@ -1,0 +1,76 @@
+"""`ledger`: entry point; each subcommand lives in its own module and registers itself here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from ledger import __version__
+from ledger.cli import config_cmd, discover
+from ledger.cli.common import (
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Handler,
+    add_common_flags,
+    error,
+    settings_from_args,
+)
+from ledger.core.errors import (
+    ConfigError,
+    InsufficientResources,
+    InvalidRequest,
+    LedgerError,
+    NotFound,
+    Unavailable,
+    UnknownHost,
+)
+
+COMMANDS: tuple[ModuleType, ...] = (config_cmd, discover)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledger",
+        description="Host-capacity ledger: track what each host has promised its VMs, "
+        "and refuse to promise more than it has.",
+    )
+    parser.add_argument("--version", action="version", version=f"ledger {__version__}")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subcommands.required = True
+    for module in COMMANDS:
+        command = module.register(subcommands)
+        add_common_flags(command)
+    return parser
+
+
+def exit_code(exc: LedgerError) -> int:
+    """Map an error to the documented exit code."""
+    if isinstance(exc, ConfigError | InvalidRequest):
+        return EXIT_USAGE
+    if isinstance(exc, InsufficientResources):
+        return EXIT_REFUSED
+    if isinstance(exc, NotFound | UnknownHost):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, Unavailable):
+        return EXIT_UNAVAILABLE
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args, settings_from_args(args))
+    except LedgerError as exc:
+        error(exc.message)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""One frozen settings object, built once from flags, environment, an optional TOML file and defaults.
+
+Precedence, highest first: command-line flags, environment variables, the TOML file named by `--config` or
+`LEDGER_CONFIG`, built-in defaults. Every value remembers where it came from, so `ledger config` can say.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger.core.errors import ConfigError
+from ledger.core.resources import DEFAULT_RATIOS, ResourceType
+from ledger.core.units import BANDWIDTH_FORMS, SIZE_FORMS, UnitError, parse_bandwidth, parse_size
+
+Raw = str | int | float | bool
+
+
+def _ratio(value: Raw) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _number(value: Raw) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):  # TypeError: a TOML list, table or date
+        raise ValueError("must be a number") from None
+    if not math.isfinite(number):  # "nan" and "inf" parse as floats but are no ratio, fraction or time
+        raise ValueError("must be a finite number")
+    return number
+
+
+def _fraction(value: Raw) -> float:
+    number = _number(value)
+    if not 0 < number <= 1:
+        raise ValueError("must be greater than 0 and at most 1")
+    return number
+
+
+def _multiplier(value: Raw) -> float:
+    number = _number(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _seconds(value: Raw) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _count(value: Raw) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number")
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a TOML inf
+        raise ValueError("must be a whole number") from None
+    if number <= 0 or number != float(value):
+        raise ValueError("must be a whole number greater than 0")
+    return number
+
+
+def _size(value: Raw) -> int:
+    return _count(value) if isinstance(value, int) else parse_size(str(value))
+
+
+def _bandwidth(value: Raw) -> int:
+    return _count(value) if isinstance(value, int) else parse_bandwidth(str(value))
+
+
+def _text(value: Raw) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value.strip()
+
+
+def _path(value: Raw) -> Path:
+    return Path(_text(value)).expanduser()
+
+
+def _bool(value: Raw) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _log_format(value: Raw) -> str:
+    text = _text(value).lower()
+    if text not in {"text", "json"}:
+        raise ValueError("must be 'text' or 'json'")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One configurable value: where it may come from and what it accepts."""
+
+    key: str
+    env: tuple[str, ...]
+    parse: Callable[[Raw], Any]
+    forms: str
+    help: str
+    default: Any = None
+    secret: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+_RATIO_FORMS = "a number greater than 0, e.g. 4.0"
+
+
+def _ratio_setting(resource: ResourceType) -> Setting:
+    name = "OVERSUB_" + resource.value.upper()
+    return Setting(
+        f"oversub_{resource.value}",
+        (name,),
+        _ratio,
+        _RATIO_FORMS,
+        f"oversubscription ratio for {resource.value}",
+        DEFAULT_RATIOS[resource],
+    )
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "data_dir",
+        ("LEDGER_DATA_DIR",),
+        _path,
+        "a directory path",
+        "where the embedded database and NATS store live; its filesystem is the disk that is measured",
+    ),
+    Setting(
+        "database_url",
+        ("LEDGER_DATABASE_URL",),
+        _text,
+        "an SQLAlchemy URL: sqlite:///PATH or postgresql://USER@HOST/DB",
+        "the ledger database (default: SQLite file ledger.db in the data dir)",
+    ),
+    Setting(
+        "nats_url",
+        ("LEDGER_NATS_URL",),
+        _text,
+        "nats://HOST:PORT (several separated by commas)",
+        "a NATS server to join (default: start an embedded one)",
+    ),
+    Setting("host_id", ("LEDGER_HOST_ID",), _text, "a non-empty name", "this host's id (default: hostname)"),
+    *(_ratio_setting(r) for r in ResourceType),
+    Setting("cpu_limit", ("CPU_LIMIT",), _count, "a whole number of vCPUs", "vCPU capacity override"),
+    Setting("memory_limit", ("MEMORY_LIMIT",), _size, SIZE_FORMS, "memory capacity override"),
+    Setting("disk_limit", ("DISK_LIMIT",), _size, SIZE_FORMS, "disk capacity override (else statfs)"),
+    Setting("network_limit", ("NETWORK_LIMIT",), _bandwidth, BANDWIDTH_FORMS, "uplink capacity override"),
+    Setting(
+        "disk_io_limit",
+        ("DISK_IO_LIMIT",),
+        _bandwidth,
+        BANDWIDTH_FORMS,
+        "disk I/O capacity (default 1GB/s)",
+    ),
+    Setting(
+        "max_image_storage",
+        ("MAX_IMAGE_STORAGE",),
+        _fraction,
+        "a fraction greater than 0 and at most 1, e.g. 0.2",
+        "share of disk capacity that images plus OCI cache may use",
+        0.2,
+    ),
+    Setting(
+        "upload_burst_multiplier",
+        ("UPLOAD_BURST_MULTIPLIER",),
+        _multiplier,
+        "a number of at least 1",
+        "network upload burst = sustained × this",
+        4.0,
+    ),
+    Setting(
+        "download_burst_multiplier",
+        ("DOWNLOAD_BURST_MULTIPLIER",),
+        _multiplier,
+        "a number of at least 1",
+        "network download burst = sustained × this",
+        4.0,
+    ),
+    Setting(
+        "disk_io_burst_multiplier",
+        ("DISK_IO_BURST_MULTIPLIER",),
+        _multiplier,
+        "a number of at least 1",
+        "disk I/O burst = sustained × this",
+        4.0,
+    ),
+    Setting(
+        "default_bandwidth_uses_ratio",
+        ("LEDGER_DEFAULT_BANDWIDTH_USES_RATIO",),
+        _bool,
+        "true or false",
+        "multiply default bandwidths by the oversubscription ratio (the seed's old, double-charging rule)",
+        False,
+    ),
+    Setting(
+        "reservation_ttl",
+        ("LEDGER_RESERVATION_TTL",),
+        _seconds,
+        "a number of seconds greater than 0",
+        "how long an unconsumed reservation holds its resources",
+        60.0,
+    ),
+    Setting("log_format", ("LEDGER_LOG_FORMAT",), _log_format, "text or json", "log line format", "text"),
+    Setting("nats_user", ("LEDGER_NATS_USER",), _text, "a user name", "NATS user"),
+    Setting("nats_password", ("LEDGER_NATS_PASSWORD",), _text, "a password", "NATS password", secret=True),
+    Setting("nats_token", ("LEDGER_NATS_TOKEN",), _text, "a token", "NATS token", secret=True),
+    Setting("nats_nkey_seed", ("LEDGER_NATS_NKEY_SEED",), _path, "a file path", "NATS NKey seed file"),
+    Setting("nats_creds", ("LEDGER_NATS_CREDS",), _path, "a file path", "NATS credentials (.creds) file"),
+    Setting("nats_tls_ca", ("LEDGER_NATS_TLS_CA",), _path, "a file path", "CA bundle to verify NATS"),
+    Setting("nats_tls_cert", ("LEDGER_NATS_TLS_CERT",), _path, "a file path", "client certificate for NATS"),
+    Setting("nats_tls_key", ("LEDGER_NATS_TLS_KEY",), _path, "a file path", "client key for NATS"),
+)
+SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+CONFIG_FILE_ENV = "LEDGER_CONFIG"
+ENV_NAMES: frozenset[str] = frozenset(name for s in SETTINGS for name in s.env) | {CONFIG_FILE_ENV}
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """`$XDG_DATA_HOME/ledger`, else `~/.local/share/ledger`."""
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ledger"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, resolved; `sources[key]` says where each value came from."""
+
+    data_dir: Path
+    database_url: str
+    nats_url: str | None
+    host_id: str
+    oversub_cpu: float = DEFAULT_RATIOS[ResourceType.CPU]
+    oversub_memory: float = DEFAULT_RATIOS[ResourceType.MEMORY]
+    oversub_disk: float = DEFAULT_RATIOS[ResourceType.DISK]
+    oversub_network: float = DEFAULT_RATIOS[ResourceType.NETWORK]
+    oversub_disk_io: float = DEFAULT_RATIOS[ResourceType.DISK_IO]
+    cpu_limit: int | None = None
+    memory_limit: int | None = None
+    disk_limit: int | None = None
+    network_limit: int | None = None
+    disk_io_limit: int | None = None
+    max_image_storage: float = 0.2
+    upload_burst_multiplier: float = 4.0
+    download_burst_multiplier: float = 4.0
+    disk_io_burst_multiplier: float = 4.0
+    default_bandwidth_uses_ratio: bool = False
+    reservation_ttl: float = 60.0
+    log_format: str = "text"
+    nats_user: str | None = None
+    nats_password: str | None = field(default=None, repr=False)  # secret: kept out of logs
+    nats_token: str | None = field(default=None, repr=False)  # secret: kept out of logs
+    nats_nkey_seed: Path | None = None
+    nats_creds: Path | None = None
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def ratio(self, resource: ResourceType) -> float:
+        """The configured oversubscription ratio for `resource`."""
+        value: float = getattr(self, f"oversub_{resource.value}")
+        return value
+
+    def limit(self, resource: ResourceType) -> int | None:
+        """The operator's capacity override for `resource`, if any."""
+        value: int | None = getattr(self, f"{resource.value}_limit")
+        return value
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(key, value, source) rows for `ledger config`; secrets are masked."""
+        rows = []
+        for setting in SETTINGS:
+            value = getattr(self, setting.key)
+            shown = "(unset)" if value is None else ("******" if setting.secret else str(value))
+            rows.append((setting.key, shown, self.sources.get(setting.key, "default")))
+        return rows
+
+
+def _bad(setting: Setting, source: str, raw: Raw, reason: str) -> ConfigError:
+    return ConfigError(
+        f"invalid {setting.key} from {source}: {raw!r} {reason}. Accepted: {setting.forms}.",
+        setting=setting.key,
+        source=source,
+    )
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", setting="config") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}", setting="config") from None
+    section = data["ledger"] if isinstance(data.get("ledger"), dict) else data
+    unknown = sorted(set(section) - set(SETTINGS_BY_KEY))
+    if unknown:
+        known = ", ".join(sorted(SETTINGS_BY_KEY))
+        raise ConfigError(
+            f"config file {path}: unknown setting(s) {', '.join(unknown)}; known settings: {known}",
+            setting="config",
+        )
+    return dict(section)
+
+
+def load_settings(
+    flags: Mapping[str, Raw | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Resolve every setting; a bad value raises ConfigError naming the setting, its source and the forms."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = dict(os.environ if environ is None else environ)
+    unknown_flags = sorted(set(flags) - set(SETTINGS_BY_KEY))
+    if unknown_flags:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown_flags)}", setting=unknown_flags[0])
+    file_path = config_file or (Path(env[CONFIG_FILE_ENV]) if env.get(CONFIG_FILE_ENV) else None)
+    file_values = _read_file(file_path) if file_path else {}
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        raw: Raw | None = None
+        source = "default"
+        if setting.key in flags:
+            raw, source = flags[setting.key], f"flag {setting.flag}"
+        else:
+            for name in setting.env:
+                if env.get(name, "").strip():
+                    raw, source = env[name], f"environment {name}"
+                    break
+            else:
+                if setting.key in file_values:
+                    raw, source = file_values[setting.key], f"config file {file_path}"
+        if raw is None:
+            values[setting.key] = setting.default
+        else:
+            try:
+                values[setting.key] = setting.parse(raw)
+            except UnitError as exc:  # already quotes the input; some reasons do not list the forms
+                message = f"invalid {setting.key} from {source}: {exc}"
+                if setting.forms not in message:
+                    message += f". Accepted: {setting.forms}."
+                raise ConfigError(message, setting=setting.key, source=source) from None
+            except ValueError as exc:
+                raise _bad(setting, source, raw, str(exc)) from None
+        sources[setting.key] = source
+
+    if values["data_dir"] is None:
+        values["data_dir"] = default_data_dir(env)
+    if values["database_url"] is None:
+        values["database_url"] = f"sqlite:///{Path(values['data_dir']) / 'ledger.db'}"
+    if values["host_id"] is None:
+        values["host_id"] = socket.gethostname()
+        sources["host_id"] = "default (hostname)"
+    return Settings(**values, sources=sources)

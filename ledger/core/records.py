@@ -1,0 +1,132 @@
+"""The entity records the orchestrator reports (full current state, never a delta), parsed strictly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Self
+
+from ledger.core.errors import InvalidRequest
+from ledger.core.resources import is_active
+from ledger.core.units import MAX_AMOUNT
+
+MAX_ID_LENGTH = 255
+
+
+def _field_error(kind: str, name: str, problem: str) -> InvalidRequest:
+    return InvalidRequest(f"{kind}.{name} {problem}", field=name)
+
+
+def _amount(kind: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _field_error(kind, name, f"must be a whole number, got {value!r}")
+    if value < 0:
+        raise _field_error(kind, name, f"cannot be negative, got {value}")
+    if value > MAX_AMOUNT:
+        raise _field_error(kind, name, f"is too large: {value} exceeds {MAX_AMOUNT}")
+    return value
+
+
+def _text(kind: str, name: str, value: Any, *, required: bool) -> str | None:
+    if value is None:
+        if required:
+            raise _field_error(kind, name, "is required")
+        return None
+    if not isinstance(value, str):
+        raise _field_error(kind, name, f"must be a string, got {type(value).__name__}")
+    if required and not value:
+        raise _field_error(kind, name, "cannot be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise _field_error(kind, name, f"is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+class _Record:
+    """Strict parsing shared by every record: unknown fields are errors, missing amounts are 0."""
+
+    KIND = "record"
+    REQUIRED_TEXT: frozenset[str] = frozenset()
+    OPTIONAL_TEXT: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        if not isinstance(data, Mapping):
+            raise InvalidRequest(f"{cls.KIND} record must be a JSON object", field="data")
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InvalidRequest(
+                f"{cls.KIND} record has unknown field(s) {', '.join(unknown)}; "
+                f"known fields: {', '.join(sorted(names))}",
+                field=unknown[0],
+            )
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            raw = data.get(f.name)
+            if f.name in cls.REQUIRED_TEXT:
+                values[f.name] = _text(cls.KIND, f.name, raw, required=True)
+            elif f.name in cls.OPTIONAL_TEXT:
+                values[f.name] = _text(cls.KIND, f.name, raw, required=False)
+            else:
+                values[f.name] = _amount(cls.KIND, f.name, 0 if raw is None else raw)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord(_Record):
+    """The seed's InstanceAllocation in snake_case, plus the GPU it holds and the reservation it consumes."""
+
+    KIND = "instance"
+    REQUIRED_TEXT = frozenset({"id", "state"})
+    OPTIONAL_TEXT = frozenset({"name", "gpu", "reservation_id"})
+
+    id: str
+    state: str
+    name: str | None = None
+    vcpus: int = 0
+    memory_bytes: int = 0  # size + hotplug size
+    overlay_bytes: int = 0
+    volume_overlay_bytes: int = 0
+    volume_bytes: int = 0  # attached volumes' base size, for per-instance reporting only
+    network_download_bps: int = 0
+    network_upload_bps: int = 0
+    disk_io_bps: int = 0
+    gpu: str | None = None
+    reservation_id: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return is_active(self.state)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeRecord(_Record):
+    KIND = "volume"
+    REQUIRED_TEXT = frozenset({"id"})
+    OPTIONAL_TEXT = frozenset({"name", "attached_to"})
+
+    id: str
+    name: str | None = None
+    size_bytes: int = 0
+    attached_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord(_Record):
+    KIND = "image"
+    REQUIRED_TEXT = frozenset({"id"})
+    OPTIONAL_TEXT = frozenset({"name"})
+
+    id: str
+    name: str | None = None
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OciCacheRecord(_Record):
+    KIND = "oci_cache"
+
+    total_bytes: int = 0

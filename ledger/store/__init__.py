@@ -1,0 +1,1 @@
+"""SQL storage: models, engine set-up per dialect, the ledger's transactions, reporting views."""

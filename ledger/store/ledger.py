@@ -1,0 +1,954 @@
+"""The ledger: every read and write of a host's capacity and usage, each write one transaction under the
+host's lock.
+
+Admission (`reserve`) locks the host row (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `SELECT … FOR UPDATE`),
+sweeps expired holds, compares each requested amount with what is left of its effective limit, and either
+records a hold or refuses. Every other write that changes what a host owes takes the same lock and moves the
+host's running totals in the same transaction, so a reservation turning into an instance is counted once.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from ledger.core import capacity as rules
+from ledger.core.capacity import AllocationRequest, GpuSlots, ResourceStatus
+from ledger.core.errors import Conflict, InvalidRequest, NotFound, Unavailable, UnknownHost
+from ledger.core.gpu import GPUStatus
+from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
+from ledger.core.resources import Capacity, ResourceType, Source
+from ledger.store.engine import is_sqlite, make_engine
+from ledger.store.migrate import ensure_schema
+from ledger.store.models import (
+    AllocationLog,
+    Host,
+    HostCapacity,
+    Image,
+    Instance,
+    OciCache,
+    ProcessedEvent,
+    Reservation,
+    Volume,
+    utcnow,
+)
+from ledger.store.results import (
+    AllocationBreakdown,
+    ApplyResult,
+    DiskBreakdown,
+    FullStatus,
+    Grant,
+    ReservationInfo,
+)
+
+hosts = Host.__table__
+capacities = HostCapacity.__table__
+instances = Instance.__table__
+volumes = Volume.__table__
+images = Image.__table__
+oci_cache = OciCache.__table__
+reservations = Reservation.__table__
+allocation_log = AllocationLog.__table__
+processed_events = ProcessedEvent.__table__
+
+HELD, CONSUMED, RELEASED, EXPIRED = "held", "consumed", "released", "expired"
+MAX_TTL_SECONDS = 24 * 3600
+UNREGISTERED_HINT = "host is not registered: run `ledger host refresh` on it, or publish host.capacity"
+
+Totals = dict[str, int]  # hosts-table column → delta
+
+_ALLOC_COLUMNS = {
+    ResourceType.CPU: ("alloc_cpu",),
+    ResourceType.MEMORY: ("alloc_memory",),
+    ResourceType.NETWORK: ("alloc_network",),
+    ResourceType.DISK_IO: ("alloc_disk_io",),
+    ResourceType.DISK: ("images_bytes", "oci_cache_bytes", "volumes_bytes", "overlays_bytes"),
+}
+_PEND_COLUMN = {r: f"pend_{r.value}" for r in ResourceType}
+
+
+@dataclass(frozen=True, slots=True)
+class EventMark:
+    """The event a write comes from: recorded in the same transaction so a redelivery is a no-op."""
+
+    event_id: str
+    event_type: str
+    stream_seq: int | None = None
+
+
+def _instance_usage(row: Mapping[str, Any] | None) -> Totals:
+    if row is None or not row["active"] or row["deleted"]:
+        return {}
+    return {
+        "alloc_cpu": row["vcpus"],
+        "alloc_memory": row["memory_bytes"],
+        "alloc_network": max(row["network_download_bps"], row["network_upload_bps"]),
+        "alloc_disk_io": row["disk_io_bps"],
+        "alloc_gpu": 1 if row["gpu"] else 0,
+        "overlays_bytes": row["overlay_bytes"] + row["volume_overlay_bytes"],
+    }
+
+
+def _hold_usage(row: Mapping[str, Any]) -> Totals:
+    return {
+        "pend_cpu": row["vcpus"],
+        "pend_memory": row["memory_bytes"],
+        "pend_disk": row["disk_bytes"],
+        "pend_network": max(row["network_download_bps"], row["network_upload_bps"]),
+        "pend_disk_io": row["disk_io_bps"],
+        "pend_gpu": row["gpu"],
+    }
+
+
+def _difference(new: Totals, old: Totals) -> Totals:
+    keys = set(new) | set(old)
+    return {k: new.get(k, 0) - old.get(k, 0) for k in keys if new.get(k, 0) != old.get(k, 0)}
+
+
+def _negate(totals: Totals) -> Totals:
+    return {k: -v for k, v in totals.items() if v}
+
+
+class Ledger:
+    """The allocation ledger over one database; safe to use from many threads and processes at once."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        reservation_ttl: float = 60.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.reservation_ttl = reservation_ttl
+        self.clock = clock
+        self._sqlite = is_sqlite(engine)
+        self._lock_host = (
+            select(hosts).where(hosts.c.host_id == bindparam("host_id")).with_for_update()
+        )  # FOR UPDATE is dropped on SQLite, where BEGIN IMMEDIATE already holds the database's write lock
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True, **options: Any) -> Ledger:
+        """A ledger on the database at `url`, migrated to the current schema unless told not to."""
+        engine = make_engine(url)
+        try:
+            if migrate:
+                ensure_schema(engine)
+        except OperationalError as exc:
+            engine.dispose()
+            raise Unavailable(f"cannot reach the database at {engine.url!r}: {exc.orig}") from None
+        return cls(engine, **options)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- transactions -------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise Unavailable(f"database unavailable: {str(exc.orig).strip()}") from exc
+
+    @contextmanager
+    def _locked(self, host_id: str, *, create: bool = False) -> Iterator[tuple[Connection, Row[Any]]]:
+        """A transaction holding `host_id`'s lock; `create` makes an empty host row for records that
+        arrive before the host registered (they must still be counted)."""
+        with self._transaction() as conn:
+            row = conn.execute(self._lock_host, {"host_id": host_id}).one_or_none()
+            if row is None and create:
+                self._insert_host(conn, host_id)
+                row = conn.execute(self._lock_host, {"host_id": host_id}).one()
+            if row is None:
+                raise UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
+            yield conn, row
+
+    def _insert_host(self, conn: Connection, host_id: str) -> None:
+        now = self.clock()
+        stmt: Any
+        if self._sqlite:
+            stmt = insert(hosts).prefix_with("OR IGNORE")
+        else:
+            stmt = postgresql.insert(hosts).on_conflict_do_nothing(index_elements=["host_id"])
+        conn.execute(stmt.values(host_id=host_id, created_at=now, updated_at=now))
+
+    def _move(self, conn: Connection, host_id: str, delta: Totals) -> None:
+        if delta:
+            conn.execute(
+                update(hosts)
+                .where(hosts.c.host_id == host_id)
+                .values({hosts.c[k]: hosts.c[k] + v for k, v in sorted(delta.items())})
+            )
+
+    def _log(
+        self,
+        conn: Connection,
+        host_id: str,
+        kind: str,
+        entity_id: str,
+        action: str,
+        cause: str,
+        delta: Totals,
+    ) -> None:
+        if not delta:
+            return
+        bucket = "pending" if any(k.startswith("pend_") for k in delta) else "allocated"
+        disk = sum(
+            delta.get(k, 0) for k in ("images_bytes", "oci_cache_bytes", "volumes_bytes", "overlays_bytes")
+        )
+        conn.execute(
+            insert(allocation_log),
+            {
+                "host_id": host_id,
+                "at": self.clock(),
+                "entity_kind": kind,
+                "entity_id": entity_id,
+                "action": action,
+                "bucket": bucket,
+                "cause": cause[:255],
+                "cpu": delta.get("alloc_cpu", 0) + delta.get("pend_cpu", 0),
+                "memory_bytes": delta.get("alloc_memory", 0) + delta.get("pend_memory", 0),
+                "disk_bytes": disk + delta.get("pend_disk", 0),
+                "network_bps": delta.get("alloc_network", 0) + delta.get("pend_network", 0),
+                "disk_io_bps": delta.get("alloc_disk_io", 0) + delta.get("pend_disk_io", 0),
+                "gpu": delta.get("alloc_gpu", 0) + delta.get("pend_gpu", 0),
+            },
+        )
+
+    # ---- hosts --------------------------------------------------------------------------------
+
+    def register_host(
+        self,
+        host_id: str,
+        found: Mapping[ResourceType, Capacity],
+        ratios: Mapping[ResourceType, float],
+        gpu: GPUStatus | None = None,
+    ) -> None:
+        """Create or refresh a host's capacities, ratios and GPU inventory (usage is left alone)."""
+        if not host_id or len(host_id) > 255:
+            raise InvalidRequest("host id must be 1 to 255 characters", field="host")
+        for resource in ResourceType:
+            ratio = ratios.get(resource)
+            if ratio is not None and not ratio > 0:
+                raise InvalidRequest(
+                    f"oversubscription ratio for {resource.value} must be greater than 0, got {ratio}",
+                    field="oversub_ratio",
+                )
+        with self._locked(host_id, create=True) as (conn, _):
+            now = self.clock()
+            conn.execute(
+                update(hosts)
+                .where(hosts.c.host_id == host_id)
+                .values(
+                    gpu_status=json.dumps(gpu.to_dict()) if gpu else None,
+                    gpu_total=gpu.total_slots if gpu else 0,
+                    gpu_busy=gpu.used_slots if gpu else 0,
+                    updated_at=now,
+                )
+            )
+            conn.execute(capacities.delete().where(capacities.c.host_id == host_id))
+            rows = []
+            for resource in ResourceType:
+                cap = found[resource]
+                ratio = rules.oversub_ratio(resource, ratios.get(resource))
+                rows.append(
+                    {
+                        "host_id": host_id,
+                        "resource": resource.value,
+                        "capacity": cap.capacity,
+                        "source": cap.source.value,
+                        "hint": cap.hint,
+                        "oversub_ratio": ratio,
+                        "effective_limit": rules.effective_limit(cap.capacity, ratio),
+                        "updated_at": now,
+                    }
+                )
+            conn.execute(insert(capacities), rows)
+
+    def set_ratio(self, host_id: str, resource: ResourceType, ratio: float) -> None:
+        """Change one oversubscription ratio; the effective limit follows."""
+        if not ratio > 0:
+            raise InvalidRequest(f"oversubscription ratio must be greater than 0, got {ratio}", field="ratio")
+        with self._locked(host_id) as (conn, _):
+            cap = conn.execute(
+                select(capacities.c.capacity).where(
+                    capacities.c.host_id == host_id, capacities.c.resource == resource.value
+                )
+            ).scalar_one_or_none()
+            if cap is None:
+                raise UnknownHost(f"host {host_id!r} has no capacities: {UNREGISTERED_HINT}", host=host_id)
+            conn.execute(
+                update(capacities)
+                .where(capacities.c.host_id == host_id, capacities.c.resource == resource.value)
+                .values(oversub_ratio=ratio, effective_limit=rules.effective_limit(cap, ratio))
+            )
+
+    def host_ids(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(hosts.c.host_id).order_by(hosts.c.host_id)).scalars())
+
+    def has_host(self, host_id: str) -> bool:
+        with self.engine.connect() as conn:
+            found = conn.execute(select(hosts.c.host_id).where(hosts.c.host_id == host_id)).first()
+            return found is not None
+
+    # ---- status -------------------------------------------------------------------------------
+
+    def _statuses(self, conn: Connection, host: Row[Any]) -> dict[ResourceType, ResourceStatus]:
+        rows = {
+            r.resource: r
+            for r in conn.execute(select(capacities).where(capacities.c.host_id == host.host_id))
+        }
+        result = {}
+        for resource in ResourceType:
+            allocated = sum(getattr(host, c) for c in _ALLOC_COLUMNS[resource])
+            pending = getattr(host, _PEND_COLUMN[resource])
+            cap = rows.get(resource.value)
+            if cap is None:
+                result[resource] = ResourceStatus.compute(
+                    resource, 0, None, Source.UNDETECTED, allocated, pending
+                )
+            else:
+                result[resource] = ResourceStatus(
+                    type=resource,
+                    capacity=cap.capacity,
+                    effective_limit=cap.effective_limit,
+                    allocated=allocated,
+                    pending=pending,
+                    available=rules.available(cap.effective_limit, allocated, pending),
+                    oversub_ratio=cap.oversub_ratio,
+                    source=Source(cap.source),
+                )
+        return result
+
+    @staticmethod
+    def _gpu_slots(host: Row[Any]) -> GpuSlots | None:
+        if not host.gpu_total:
+            return None
+        status = json.loads(host.gpu_status) if host.gpu_status else {}
+        profiles = {p["name"]: int(p.get("available", 0)) for p in status.get("profiles", [])}
+        used = max(host.alloc_gpu, host.gpu_busy) + host.pend_gpu
+        return GpuSlots(
+            mode=status.get("mode", "passthrough"), total=host.gpu_total, used=used, profiles=profiles
+        )
+
+    def status(self, host_id: str, resource: ResourceType) -> ResourceStatus:
+        """One resource's status on a host (expired holds swept first)."""
+        with self._locked(host_id) as (conn, host):
+            host = self._sweep(conn, host)
+            return self._statuses(conn, host)[resource]
+
+    def full_status(self, host_id: str, *, with_allocations: bool = True) -> FullStatus:
+        """The seed's FullResourceStatus for a host, plus `pending`."""
+        with self._locked(host_id) as (conn, host):
+            host = self._sweep(conn, host)
+            statuses = self._statuses(conn, host)
+            allocations = []
+            if with_allocations:
+                query = (
+                    select(instances)
+                    .where(instances.c.host_id == host_id, instances.c.active, ~instances.c.deleted)
+                    .order_by(instances.c.instance_id)
+                )
+                allocations = [
+                    AllocationBreakdown(
+                        instance_id=r.instance_id,
+                        instance_name=r.name,
+                        state=r.state,
+                        cpu=r.vcpus,
+                        memory_bytes=r.memory_bytes,
+                        disk_bytes=r.overlay_bytes + r.volume_overlay_bytes + r.volume_bytes,
+                        network_download_bps=r.network_download_bps,
+                        network_upload_bps=r.network_upload_bps,
+                        disk_io_bps=r.disk_io_bps,
+                        gpu=r.gpu,
+                    )
+                    for r in conn.execute(query)
+                ]
+            gpu: dict[str, Any] | None = None
+            if host.gpu_status:
+                gpu = json.loads(host.gpu_status)
+                gpu["used_slots"] = max(host.alloc_gpu, host.gpu_busy)
+                gpu["pending_slots"] = host.pend_gpu
+            return FullStatus(
+                host_id=host_id,
+                resources=statuses,
+                disk_breakdown=DiskBreakdown(
+                    images_bytes=host.images_bytes,
+                    oci_cache_bytes=host.oci_cache_bytes,
+                    volumes_bytes=host.volumes_bytes,
+                    overlays_bytes=host.overlays_bytes,
+                ),
+                gpu=gpu,
+                allocations=allocations,
+            )
+
+    def can_allocate(self, host_id: str, resource: ResourceType, amount: int) -> bool:
+        """Whether `amount` of `resource` fits right now (a hint; only `reserve` guarantees it)."""
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise InvalidRequest(f"amount must be a whole number ≥ 0, got {amount!r}", field="amount")
+        return amount <= self.status(host_id, resource).available
+
+    # ---- reservations -------------------------------------------------------------------------
+
+    def _sweep(self, conn: Connection, host: Row[Any]) -> Row[Any]:
+        """Mark expired holds `expired` and take them off the pending totals; returns the fresh host row."""
+        now = self.clock()
+        expired = (
+            conn.execute(
+                update(reservations)
+                .where(
+                    reservations.c.host_id == host.host_id,
+                    reservations.c.status == HELD,
+                    reservations.c.expires_at <= now,
+                )
+                .values(status=EXPIRED, ended_at=now)
+                .returning(*reservations.c)
+            )
+            .mappings()
+            .all()
+        )
+        if not expired:
+            return host
+        for row in expired:
+            delta = _negate(_hold_usage(row))
+            self._move(conn, host.host_id, delta)
+            self._log(conn, host.host_id, "reservation", row["reservation_id"], EXPIRED, "ttl", delta)
+        return conn.execute(self._lock_host, {"host_id": host.host_id}).one()
+
+    def reserve(
+        self,
+        host_id: str,
+        request: AllocationRequest,
+        *,
+        idempotency_key: str | None = None,
+        ttl: float | None = None,
+    ) -> Grant:
+        """Validate = reserve: check every requested resource against what is left and hold it, atomically.
+
+        Raises InsufficientResources naming the first resource (cpu, memory, network, disk I/O, disk, GPU)
+        that does not fit. The same idempotency key returns the same grant and holds nothing more.
+        """
+        ttl = self.reservation_ttl if ttl is None else ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_SECONDS:
+            raise InvalidRequest(
+                f"ttl must be between 0 and {MAX_TTL_SECONDS} seconds, got {ttl!r}", field="ttl"
+            )
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
+        ):
+            raise InvalidRequest("idempotency_key must be 1 to 255 characters", field="idempotency_key")
+        with self._locked(host_id) as (conn, host):
+            if idempotency_key is not None:
+                earlier = (
+                    conn.execute(
+                        select(reservations).where(
+                            reservations.c.host_id == host_id,
+                            reservations.c.idempotency_key == idempotency_key,
+                        )
+                    )
+                    .mappings()
+                    .one_or_none()
+                )
+                if earlier is not None:
+                    return self._replay(earlier, request)
+            host = self._sweep(conn, host)
+            statuses = self._statuses(conn, host)
+            refusal = rules.first_shortfall(request, statuses)
+            if refusal is None:
+                slots = self._gpu_slots(host)
+                refusal = rules.gpu_shortfall(request, slots)
+                if refusal is None and request.gpu_profile and slots and slots.profiles:
+                    if request.gpu_profile not in slots.profiles:
+                        raise InvalidRequest(
+                            f"unknown GPU profile {request.gpu_profile!r}; this host offers: "
+                            f"{', '.join(sorted(slots.profiles))}",
+                            field="gpu_profile",
+                        )
+            if refusal is not None:
+                refusal.details["host"] = host_id
+                raise refusal
+            now = self.clock()
+            row = {
+                "reservation_id": uuid.uuid4().hex,
+                "host_id": host_id,
+                "idempotency_key": idempotency_key,
+                "status": HELD,
+                "vcpus": request.vcpus,
+                "memory_bytes": request.memory_bytes,
+                "disk_bytes": request.disk_bytes,
+                "network_download_bps": request.network_download_bps,
+                "network_upload_bps": request.network_upload_bps,
+                "disk_io_bps": request.disk_io_bps,
+                "gpu": 1 if request.wants_gpu else 0,
+                "gpu_profile": request.gpu_profile,
+                "created_at": now,
+                "expires_at": now + timedelta(seconds=ttl),
+                "ended_at": None,
+                "instance_id": None,
+            }
+            conn.execute(insert(reservations), row)
+            delta = {k: v for k, v in _hold_usage(row).items() if v}
+            self._move(conn, host_id, delta)
+            self._log(conn, host_id, "reservation", row["reservation_id"], "reserved", "api", delta)
+            return Grant(row["reservation_id"], host_id, HELD, row["expires_at"], idempotency_key)
+
+    @staticmethod
+    def _replay(earlier: Mapping[str, Any], request: AllocationRequest) -> Grant:
+        same = (
+            earlier["vcpus"] == request.vcpus
+            and earlier["memory_bytes"] == request.memory_bytes
+            and earlier["disk_bytes"] == request.disk_bytes
+            and earlier["network_download_bps"] == request.network_download_bps
+            and earlier["network_upload_bps"] == request.network_upload_bps
+            and earlier["disk_io_bps"] == request.disk_io_bps
+            and earlier["gpu"] == (1 if request.wants_gpu else 0)
+        )
+        if not same:
+            raise Conflict(
+                f"idempotency key {earlier['idempotency_key']!r} was already used for a different request "
+                f"(reservation {earlier['reservation_id']})",
+                reservation_id=earlier["reservation_id"],
+            )
+        return Grant(
+            earlier["reservation_id"],
+            earlier["host_id"],
+            earlier["status"],
+            earlier["expires_at"],
+            earlier["idempotency_key"],
+            replayed=True,
+        )
+
+    def _find_reservation(self, conn: Connection, reservation_id: str) -> Mapping[str, Any]:
+        row = (
+            conn.execute(select(reservations).where(reservations.c.reservation_id == reservation_id))
+            .mappings()
+            .one_or_none()
+        )
+        if row is None:
+            raise NotFound(f"no reservation {reservation_id!r}", reservation_id=reservation_id)
+        return row
+
+    def reservation(self, reservation_id: str) -> ReservationInfo:
+        with self.engine.connect() as conn:
+            return _info(self._find_reservation(conn, reservation_id))
+
+    def release(self, reservation_id: str) -> ReservationInfo:
+        """Give a held reservation back. Releasing one that already ended is a no-op that says how it ended."""
+        if not isinstance(reservation_id, str) or not reservation_id:
+            raise InvalidRequest("reservation_id must be a non-empty string", field="reservation_id")
+        with self.engine.connect() as conn:
+            host_id = self._find_reservation(conn, reservation_id)["host_id"]
+        with self._locked(host_id) as (conn, host):
+            self._sweep(conn, host)
+            row = self._find_reservation(conn, reservation_id)
+            if row["status"] != HELD:
+                return _info(row)
+            now = self.clock()
+            conn.execute(
+                update(reservations)
+                .where(reservations.c.reservation_id == reservation_id)
+                .values(status=RELEASED, ended_at=now)
+            )
+            delta = _negate(_hold_usage(row))
+            self._move(conn, host_id, delta)
+            self._log(conn, host_id, "reservation", reservation_id, RELEASED, "api", delta)
+            return _info(self._find_reservation(conn, reservation_id))
+
+    def expire(self, host_id: str) -> int:
+        """Sweep expired holds now (admission does it anyway); returns how many expired."""
+        with self._locked(host_id) as (conn, host):
+            before = conn.execute(
+                select(func.count())
+                .select_from(reservations)
+                .where(reservations.c.host_id == host_id, reservations.c.status == EXPIRED)
+            ).scalar_one()
+            self._sweep(conn, host)
+            after = conn.execute(
+                select(func.count())
+                .select_from(reservations)
+                .where(reservations.c.host_id == host_id, reservations.c.status == EXPIRED)
+            ).scalar_one()
+            return int(after - before)
+
+    def _consume(
+        self, conn: Connection, host_id: str, reservation_id: str, instance_id: str, cause: str
+    ) -> None:
+        row = (
+            conn.execute(select(reservations).where(reservations.c.reservation_id == reservation_id))
+            .mappings()
+            .one_or_none()
+        )
+        if row is None or row["host_id"] != host_id or row["status"] != HELD:
+            return  # unknown, elsewhere, or already ended: the instance is counted either way, once
+        conn.execute(
+            update(reservations)
+            .where(reservations.c.reservation_id == reservation_id)
+            .values(status=CONSUMED, ended_at=self.clock(), instance_id=instance_id)
+        )
+        delta = _negate(_hold_usage(row))
+        self._move(conn, host_id, delta)
+        self._log(conn, host_id, "reservation", reservation_id, CONSUMED, cause, delta)
+
+    # ---- records (what the lifecycle events apply) --------------------------------------------
+
+    def _seen(self, conn: Connection, mark: EventMark | None) -> bool:
+        if mark is None:
+            return False
+        found = conn.execute(
+            select(processed_events.c.event_id).where(processed_events.c.event_id == mark.event_id)
+        ).first()
+        return found is not None
+
+    def _mark(
+        self,
+        conn: Connection,
+        mark: EventMark | None,
+        host_id: str,
+        entity_id: str,
+        version: int,
+        outcome: str,
+    ) -> None:
+        if mark is None:
+            return
+        conn.execute(
+            insert(processed_events),
+            {
+                "event_id": mark.event_id,
+                "host_id": host_id,
+                "stream_seq": mark.stream_seq,
+                "event_type": mark.event_type,
+                "entity_id": entity_id,
+                "version": version,
+                "outcome": outcome,
+                "processed_at": self.clock(),
+            },
+        )
+
+    def _apply(
+        self,
+        host_id: str,
+        table: Any,
+        key_column: str,
+        entity_id: str,
+        version: int | None,
+        new_row: dict[str, Any] | None,
+        usage: Callable[[Mapping[str, Any] | None], Totals],
+        kind: str,
+        action: str,
+        mark: EventMark | None,
+        after: Callable[[Connection], None] | None = None,
+    ) -> ApplyResult:
+        """Upsert one entity's full record (or its tombstone when `new_row` is None) under the host lock."""
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
+            raise InvalidRequest(f"version must be a whole number ≥ 0, got {version!r}", field="version")
+        cause = mark.event_id if mark else "api"
+        try:
+            with self._locked(host_id, create=True) as (conn, _):
+                if self._seen(conn, mark):
+                    return ApplyResult("duplicate", entity_id, version or 0)
+                key = table.c[key_column]
+                old = (
+                    conn.execute(select(table).where(table.c.host_id == host_id, key == entity_id))
+                    .mappings()
+                    .one_or_none()
+                )
+                if version is None:
+                    version = (old["version"] + 1) if old is not None else 1
+                if old is not None and version <= old["version"]:
+                    self._mark(conn, mark, host_id, entity_id, version, "stale")
+                    return ApplyResult("stale", entity_id, version)
+                now = self.clock()
+                if new_row is None:  # tombstone: keep the id and version so late events stay out
+                    record = {
+                        **(dict(old) if old else {}),
+                        "deleted": True,
+                        "version": version,
+                        "updated_at": now,
+                    }
+                    record.update({"host_id": host_id, key_column: entity_id})
+                    record = _tombstone(table, record)
+                else:
+                    record = {
+                        **new_row,
+                        "host_id": host_id,
+                        key_column: entity_id,
+                        "deleted": False,
+                        "version": version,
+                        "updated_at": now,
+                    }
+                record = {k: v for k, v in record.items() if k in table.c}
+                if old is None:
+                    conn.execute(insert(table), record)
+                else:
+                    conn.execute(
+                        update(table).where(table.c.host_id == host_id, key == entity_id).values(record)
+                    )
+                delta = _difference(usage(record), usage(old))
+                self._move(conn, host_id, delta)
+                self._log(conn, host_id, kind, entity_id, action, cause, delta)
+                if after is not None:
+                    after(conn)
+                self._mark(conn, mark, host_id, entity_id, version, "applied")
+                return ApplyResult("applied", entity_id, version)
+        except IntegrityError:
+            # Another writer recorded the same event id first (a concurrent redelivery): it is applied once.
+            if mark is not None:
+                return ApplyResult("duplicate", entity_id, version or 0)
+            raise
+
+    def apply_instance(
+        self,
+        host_id: str,
+        record: InstanceRecord,
+        *,
+        version: int | None = None,
+        action: str = "updated",
+        mark: EventMark | None = None,
+    ) -> ApplyResult:
+        """Record an instance's full current state; a `reservation_id` in it is consumed in the same
+        transaction, so the hold becomes the allocation without being counted twice or not at all."""
+        row = {
+            "name": record.name or "",
+            "state": record.state,
+            "active": record.active,
+            "vcpus": record.vcpus,
+            "memory_bytes": record.memory_bytes,
+            "overlay_bytes": record.overlay_bytes,
+            "volume_overlay_bytes": record.volume_overlay_bytes,
+            "volume_bytes": record.volume_bytes,
+            "network_download_bps": record.network_download_bps,
+            "network_upload_bps": record.network_upload_bps,
+            "disk_io_bps": record.disk_io_bps,
+            "gpu": record.gpu,
+            "reservation_id": record.reservation_id,
+        }
+        cause = mark.event_id if mark else "api"
+        consume = None
+        if record.reservation_id:
+            reservation_id = record.reservation_id
+
+            def consume(conn: Connection) -> None:
+                self._consume(conn, host_id, reservation_id, record.id, cause)
+
+        return self._apply(
+            host_id,
+            instances,
+            "instance_id",
+            record.id,
+            version,
+            row,
+            _instance_usage,
+            "instance",
+            action,
+            mark,
+            consume,
+        )
+
+    def delete_instance(
+        self, host_id: str, instance_id: str, *, version: int | None = None, mark: EventMark | None = None
+    ) -> ApplyResult:
+        return self._apply(
+            host_id,
+            instances,
+            "instance_id",
+            instance_id,
+            version,
+            None,
+            _instance_usage,
+            "instance",
+            "deleted",
+            mark,
+        )
+
+    def apply_volume(
+        self,
+        host_id: str,
+        record: VolumeRecord,
+        *,
+        version: int | None = None,
+        action: str = "updated",
+        mark: EventMark | None = None,
+    ) -> ApplyResult:
+        row = {"name": record.name or "", "size_bytes": record.size_bytes, "attached_to": record.attached_to}
+        return self._apply(
+            host_id,
+            volumes,
+            "volume_id",
+            record.id,
+            version,
+            row,
+            _sized("volumes_bytes"),
+            "volume",
+            action,
+            mark,
+        )
+
+    def delete_volume(
+        self, host_id: str, volume_id: str, *, version: int | None = None, mark: EventMark | None = None
+    ) -> ApplyResult:
+        return self._apply(
+            host_id,
+            volumes,
+            "volume_id",
+            volume_id,
+            version,
+            None,
+            _sized("volumes_bytes"),
+            "volume",
+            "deleted",
+            mark,
+        )
+
+    def apply_image(
+        self, host_id: str, record: ImageRecord, *, version: int | None = None, mark: EventMark | None = None
+    ) -> ApplyResult:
+        row = {"name": record.name or "", "size_bytes": record.size_bytes}
+        return self._apply(
+            host_id,
+            images,
+            "image_id",
+            record.id,
+            version,
+            row,
+            _sized("images_bytes"),
+            "image",
+            "pulled",
+            mark,
+        )
+
+    def delete_image(
+        self, host_id: str, image_id: str, *, version: int | None = None, mark: EventMark | None = None
+    ) -> ApplyResult:
+        return self._apply(
+            host_id,
+            images,
+            "image_id",
+            image_id,
+            version,
+            None,
+            _sized("images_bytes"),
+            "image",
+            "deleted",
+            mark,
+        )
+
+    def apply_oci_cache(
+        self,
+        host_id: str,
+        record: OciCacheRecord,
+        *,
+        version: int | None = None,
+        mark: EventMark | None = None,
+    ) -> ApplyResult:
+        return self._apply(
+            host_id,
+            oci_cache,
+            "host_id",
+            host_id,
+            version,
+            {"total_bytes": record.total_bytes},
+            _oci_usage,
+            "oci_cache",
+            "measured",
+            mark,
+        )
+
+    # ---- checks the seed exposes ----------------------------------------------------------------
+
+    def default_bandwidth(
+        self, host_id: str, vcpus: int, *, uses_ratio: bool = False, burst_multiplier: float = 4.0
+    ) -> dict[str, int]:
+        """Default network (symmetric) and disk I/O (sustained, burst) for an instance of `vcpus`:
+        its share of host vCPUs times each capacity (times the ratio only if `uses_ratio`)."""
+        if isinstance(vcpus, bool) or not isinstance(vcpus, int) or vcpus < 0:
+            raise InvalidRequest(f"vcpus must be a whole number ≥ 0, got {vcpus!r}", field="vcpus")
+        status = self.full_status(host_id, with_allocations=False).resources
+        cpu = status[ResourceType.CPU].capacity
+
+        def share(resource: ResourceType) -> int:
+            s = status[resource]
+            return rules.proportional_share(vcpus, cpu, s.capacity, s.oversub_ratio if uses_ratio else 1.0)
+
+        network, disk_io = share(ResourceType.NETWORK), share(ResourceType.DISK_IO)
+        return {
+            "network_download_bps": network,
+            "network_upload_bps": network,
+            "disk_io_bps": disk_io,
+            "disk_io_burst_bps": int(disk_io * burst_multiplier),
+        }
+
+    def image_pull_check(self, host_id: str, max_image_storage: float = 0.2) -> dict[str, int]:
+        """Raise InsufficientResources unless an image pull fits: ≥ 5 GiB of disk left to promise and
+        images plus OCI cache under `max_image_storage` of disk capacity."""
+        status = self.full_status(host_id, with_allocations=False)
+        disk = status.resources[ResourceType.DISK]
+        rules.check_disk_for_pull(disk.available)
+        current = status.disk_breakdown.images_bytes + status.disk_breakdown.oci_cache_bytes
+        maximum = rules.max_image_storage_bytes(disk.capacity, max_image_storage)
+        rules.check_image_storage(current, maximum)
+        return {
+            "disk_available": disk.available,
+            "image_storage_bytes": current,
+            "max_image_storage_bytes": maximum,
+        }
+
+    # ---- audit --------------------------------------------------------------------------------
+
+    def drift(self) -> list[dict[str, Any]]:
+        """Rows where a running total differs from the recomputed sum; must always be empty."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT host_id, total, stored, recomputed, drift FROM ledger_drift WHERE drift <> 0")
+            )
+            return [dict(r._mapping) for r in rows]
+
+
+def _sized(column: str) -> Callable[[Mapping[str, Any] | None], Totals]:
+    def usage(row: Mapping[str, Any] | None) -> Totals:
+        if row is None or row["deleted"]:
+            return {}
+        return {column: row["size_bytes"]}
+
+    return usage
+
+
+def _oci_usage(row: Mapping[str, Any] | None) -> Totals:
+    if row is None or row.get("deleted"):
+        return {}
+    return {"oci_cache_bytes": row["total_bytes"]}
+
+
+def _tombstone(table: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """A deleted entity's row: zero amounts so nothing counts, only columns the table has."""
+    record = {k: v for k, v in record.items() if k in table.c}
+    for name in ("active",):
+        if name in table.c:
+            record[name] = False
+    if "state" in table.c:
+        record.setdefault("state", "Deleted")
+    return record
+
+
+def _info(row: Mapping[str, Any]) -> ReservationInfo:
+    return ReservationInfo(
+        reservation_id=row["reservation_id"],
+        host_id=row["host_id"],
+        status=row["status"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        ended_at=row["ended_at"],
+        instance_id=row["instance_id"],
+    )
+

@@ -1,0 +1,143 @@
+"""Reporting views, created by the migrations; documented column by column in docs/sql.md.
+
+They recompute everything from the rows (not from the hosts' running totals), so an analyst's report is the
+audit of the admission path; `ledger_drift` shows any difference between the two and must read zero.
+Each version is frozen once a migration uses it: change a view by adding a new version and a migration.
+"""
+
+from __future__ import annotations
+
+_NOW = {
+    "sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now')",
+    "postgresql": "(now() AT TIME ZONE 'UTC')",
+}
+
+_USAGE_V1 = """
+WITH inst AS (
+    SELECT host_id,
+           SUM(vcpus) AS cpu,
+           SUM(memory_bytes) AS memory,
+           SUM(CASE WHEN network_download_bps > network_upload_bps
+                    THEN network_download_bps ELSE network_upload_bps END) AS network,
+           SUM(disk_io_bps) AS disk_io,
+           SUM(overlay_bytes + volume_overlay_bytes) AS overlays,
+           SUM(CASE WHEN gpu IS NOT NULL THEN 1 ELSE 0 END) AS gpu
+    FROM instances WHERE active AND NOT deleted GROUP BY host_id
+), vol AS (
+    SELECT host_id, SUM(size_bytes) AS bytes FROM volumes WHERE NOT deleted GROUP BY host_id
+), img AS (
+    SELECT host_id, SUM(size_bytes) AS bytes FROM images WHERE NOT deleted GROUP BY host_id
+), held AS (
+    SELECT host_id,
+           SUM(vcpus) AS cpu, SUM(memory_bytes) AS memory, SUM(disk_bytes) AS disk,
+           SUM(CASE WHEN network_download_bps > network_upload_bps
+                    THEN network_download_bps ELSE network_upload_bps END) AS network,
+           SUM(disk_io_bps) AS disk_io, SUM(gpu) AS gpu
+    FROM reservations WHERE status = 'held' AND {held_filter} GROUP BY host_id
+)
+SELECT h.host_id,
+       COALESCE(inst.cpu, 0) AS cpu,
+       COALESCE(inst.memory, 0) AS memory,
+       COALESCE(inst.network, 0) AS network,
+       COALESCE(inst.disk_io, 0) AS disk_io,
+       COALESCE(inst.gpu, 0) AS gpu,
+       COALESCE(img.bytes, 0) AS images_bytes,
+       COALESCE(oci.total_bytes, 0) AS oci_cache_bytes,
+       COALESCE(vol.bytes, 0) AS volumes_bytes,
+       COALESCE(inst.overlays, 0) AS overlays_bytes,
+       COALESCE(img.bytes, 0) + COALESCE(oci.total_bytes, 0) + COALESCE(vol.bytes, 0)
+           + COALESCE(inst.overlays, 0) AS disk,
+       COALESCE(held.cpu, 0) AS pend_cpu,
+       COALESCE(held.memory, 0) AS pend_memory,
+       COALESCE(held.disk, 0) AS pend_disk,
+       COALESCE(held.network, 0) AS pend_network,
+       COALESCE(held.disk_io, 0) AS pend_disk_io,
+       COALESCE(held.gpu, 0) AS pend_gpu
+FROM hosts h
+LEFT JOIN inst ON inst.host_id = h.host_id
+LEFT JOIN vol ON vol.host_id = h.host_id
+LEFT JOIN img ON img.host_id = h.host_id
+LEFT JOIN oci_cache oci ON oci.host_id = h.host_id
+LEFT JOIN held ON held.host_id = h.host_id
+"""
+
+_PER_RESOURCE = """CASE c.resource WHEN 'cpu' THEN u.{p}cpu WHEN 'memory' THEN u.{p}memory
+           WHEN 'disk' THEN u.{p}disk WHEN 'network' THEN u.{p}network WHEN 'disk_io' THEN u.{p}disk_io END"""
+
+_RESOURCE_STATUS_V1 = """
+SELECT c.host_id, c.resource, c.capacity, c.effective_limit, s.allocated, s.pending,
+       CASE WHEN c.effective_limit - s.allocated - s.pending > 0
+            THEN c.effective_limit - s.allocated - s.pending ELSE 0 END AS available,
+       c.oversub_ratio, c.source
+FROM capacities c
+JOIN (
+    SELECT c.host_id, c.resource, {allocated} AS allocated, {pending} AS pending
+    FROM capacities c JOIN ledger_usage u ON u.host_id = c.host_id
+) s ON s.host_id = c.host_id AND s.resource = c.resource
+"""
+
+_INSTANCE_ALLOCATIONS_V1 = """
+SELECT host_id, instance_id, name AS instance_name, state, vcpus AS cpu, memory_bytes,
+       overlay_bytes + volume_overlay_bytes + volume_bytes AS disk_bytes,
+       network_download_bps, network_upload_bps, disk_io_bps, gpu, version
+FROM instances WHERE active AND NOT deleted
+"""
+
+_DISK_BREAKDOWN_V1 = """
+SELECT host_id, images_bytes, oci_cache_bytes, volumes_bytes, overlays_bytes, disk AS total_bytes
+FROM ledger_usage
+"""
+
+_ALLOCATION_HISTORY_V1 = """
+SELECT id, host_id, at, entity_kind, entity_id, action, bucket, cause,
+       cpu, memory_bytes, disk_bytes, network_bps, disk_io_bps, gpu
+FROM allocation_log
+"""
+
+_DRIFT_COLUMNS = (
+    ("cpu", "alloc_cpu", "cpu"),
+    ("memory", "alloc_memory", "memory"),
+    ("network", "alloc_network", "network"),
+    ("disk_io", "alloc_disk_io", "disk_io"),
+    ("gpu", "alloc_gpu", "gpu"),
+    ("images_bytes", "images_bytes", "images_bytes"),
+    ("oci_cache_bytes", "oci_cache_bytes", "oci_cache_bytes"),
+    ("volumes_bytes", "volumes_bytes", "volumes_bytes"),
+    ("overlays_bytes", "overlays_bytes", "overlays_bytes"),
+    ("pending_cpu", "pend_cpu", "pend_cpu"),
+    ("pending_memory", "pend_memory", "pend_memory"),
+    ("pending_disk", "pend_disk", "pend_disk"),
+    ("pending_network", "pend_network", "pend_network"),
+    ("pending_disk_io", "pend_disk_io", "pend_disk_io"),
+    ("pending_gpu", "pend_gpu", "pend_gpu"),
+)
+
+
+def _drift_v1() -> str:
+    parts = [
+        f"SELECT h.host_id, '{name}' AS total, h.{stored} AS stored, a.{audited} AS recomputed, "
+        f"h.{stored} - a.{audited} AS drift FROM hosts h JOIN ledger_audit a ON a.host_id = h.host_id"
+        for name, stored, audited in _DRIFT_COLUMNS
+    ]
+    return "\nUNION ALL\n".join(parts)
+
+
+def views_v1(dialect: str) -> list[tuple[str, str]]:
+    """(name, SELECT) in creation order for schema version 1."""
+    now = _NOW[dialect]
+    per_resource_alloc = _PER_RESOURCE.format(p="")
+    per_resource_pend = _PER_RESOURCE.format(p="pend_")
+    return [
+        # What counts now: held reservations that have not expired.
+        ("ledger_usage", _USAGE_V1.format(held_filter=f"expires_at > {now}")),
+        # What the running totals should hold: every held reservation, expired or not, until it is swept.
+        ("ledger_audit", _USAGE_V1.format(held_filter="1 = 1")),
+        (
+            "resource_status",
+            _RESOURCE_STATUS_V1.format(allocated=per_resource_alloc, pending=per_resource_pend),
+        ),
+        ("instance_allocations", _INSTANCE_ALLOCATIONS_V1),
+        ("disk_breakdown", _DISK_BREAKDOWN_V1),
+        ("allocation_history", _ALLOCATION_HISTORY_V1),
+        ("ledger_drift", _drift_v1()),
+    ]
