@@ -85,8 +85,12 @@ def describe_gpu(gpu: GPUStatus | None) -> str:
     """One line: mode, slots, and the profiles or devices."""
     if gpu is None:
         return "none (no NVIDIA GPU found)"
-    head = f"{gpu.mode}: {gpu.total_slots} slots, {gpu.used_slots} used"
-    details = [f"{p.name} ({p.type_id}, {p.framebuffer_mb} MB, {p.available} free)" for p in gpu.profiles]
+    slots = "slot" if gpu.total_slots == 1 else "slots"
+    head = f"{gpu.mode}: {gpu.total_slots} {slots}, {gpu.used_slots} used"
+    details = [
+        f"{p.name} ({p.type_id}, {format_bytes(p.framebuffer_mb * 2**20)}, {p.available} free)"
+        for p in gpu.profiles
+    ]
     details += [describe_device(d) for d in gpu.devices]
     return f"{head}; {'; '.join(details)}" if details else head
 

@@ -15,7 +15,7 @@ HINT = "cannot measure the data dir {path} ({reason}); set DISK_LIMIT, e.g. DISK
 
 
 def filesystem_size(path: Path) -> int:
-    """Total bytes of the filesystem holding `path` (f_blocks × f_frsize), creating `path` if missing."""
+    """Total bytes of the filesystem holding `path` (f_blocks * f_frsize), creating `path` if missing."""
     path.mkdir(parents=True, exist_ok=True)
     stats = os.statvfs(path)
     return stats.f_blocks * stats.f_frsize

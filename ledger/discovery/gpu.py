@@ -73,7 +73,7 @@ def framebuffer_mb(description: str, name: str) -> int:
 
 
 def read_mdev_types(vf: Path) -> list[MdevType]:
-    """The mdev types a VF offers, from `mdev_supported_types/<type>/{name,available_instances,description}`."""
+    """The mdev types a VF offers: `mdev_supported_types/<type>/{name,available_instances,description}`."""
     try:
         folders = sorted(p for p in (vf / MDEV_TYPES).iterdir() if p.is_dir())
     except OSError:

@@ -1,4 +1,4 @@
-"""Everything one host can offer, read in one pass: the record `ledger discover` prints and the store keeps."""
+"""Everything one host can offer, read in one pass: what `ledger discover` prints and the store keeps."""
 
 from __future__ import annotations
 

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ledger.config import Settings, load_settings
+from tests.hosttree import HostTree, materialize_host_tree
 
 TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:  # tests/ is not a package; make tests/hosttree.py importable
-    sys.path.insert(0, str(TESTS))
-
-from hosttree import HostTree, materialize_host_tree  # noqa: E402
-
 SHARED_HOSTS = TESTS.parents[0] / ".." / "shared" / "fixtures" / "hosts"
 OWN_HOSTS = TESTS / "fixtures" / "hosts"
 

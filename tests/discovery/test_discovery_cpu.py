@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hosttree import HostTree
-
 from ledger.core.resources import Capacity, Source
 from ledger.discovery.cpu import cgroup_cpu_limit, count_processors, cpu_capacity, detect_cpu
+from tests.hosttree import HostTree
 
 
 def _write(root: Path, path: str, text: str) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from hosttree import HostTree
-
 from ledger.core.gpu import PASSTHROUGH, VGPU, GPUProfile, GPUStatus, PassthroughDevice
 from ledger.discovery.gpu import detect_gpu, device_name, framebuffer_mb, vf_in_use
+from tests.hosttree import HostTree
 
 VGPU_DEVICES = "sys/bus/pci/devices"
 MDEV_UUIDS = {
@@ -33,9 +32,7 @@ def test_vgpu_host_counts_vfs_as_slots_and_vfs_with_an_mdev_as_used(host_tree: H
 def test_vf_with_only_a_type_devices_entry_counts_as_used(host_tree: HostTree) -> None:
     root = host_tree("vgpu-host")
     for vf, uuid in MDEV_UUIDS.items():
-        (root / VGPU_DEVICES / vf / uuid).unlink(missing_ok=True) if False else shutil.rmtree(
-            root / VGPU_DEVICES / vf / uuid
-        )
+        shutil.rmtree(root / VGPU_DEVICES / vf / uuid)
     assert all(vf_in_use(root / VGPU_DEVICES / vf) for vf in MDEV_UUIDS)
     status = detect_gpu(root)
     assert status is not None and status.used_slots == 2

@@ -1,13 +1,12 @@
-"""Memory reader: MemTotal × 1024, capped by cgroup memory.max; MEMORY_LIMIT wins."""
+"""Memory reader: MemTotal * 1024, capped by cgroup memory.max; MEMORY_LIMIT wins."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hosttree import HostTree
-
 from ledger.core.resources import Capacity, Source
 from ledger.discovery.memory import detect_memory, memory_capacity
+from tests.hosttree import HostTree
 
 
 def test_memtotal_kib_becomes_bytes(host_tree: HostTree) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hosttree import HostTree
-
 from ledger.core.resources import Capacity, Source
 from ledger.discovery.network import (
     default_interface,
@@ -16,6 +14,7 @@ from ledger.discovery.network import (
     network_capacity,
     parse_proc_route,
 )
+from tests.hosttree import HostTree
 
 HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
 

@@ -496,3 +496,13 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load(tmp_path)
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.oversub_cpu = 1.0  # type: ignore[misc]
+
+
+def test_configuration_doc_lists_every_setting_and_environment_name() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for setting in SETTINGS:
+        assert f"| `{setting.key}` |" in doc, setting.key
+        for name in setting.env:
+            assert f"`{name}`" in doc, name
+        assert setting.forms in doc, setting.key
+    assert "default_bandwidth_uses_ratio" in doc

@@ -1,0 +1,1 @@
+"""Host discovery tests: every reader on recorded and hand-made host trees, and `ledger discover`."""
