@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from types import ModuleType
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ledger import __version__
-from ledger.cli import config_cmd, discover
+from ledger.cli import config_cmd, db, discover, host, reserve, status
 from ledger.cli.common import (
     EXIT_NOT_FOUND,
     EXIT_REFUSED,
@@ -29,7 +29,16 @@ from ledger.core.errors import (
     UnknownHost,
 )
 
-COMMANDS: tuple[ModuleType, ...] = (config_cmd, discover)
+Register = Callable[[Any], argparse.ArgumentParser]
+COMMANDS: tuple[Register, ...] = (
+    config_cmd.register,
+    discover.register,
+    host.register,
+    status.register,
+    reserve.register_validate,
+    reserve.register_release,
+    db.register,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ledger {__version__}")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
     subcommands.required = True
-    for module in COMMANDS:
-        command = module.register(subcommands)
+    for register in COMMANDS:
+        command = register(subcommands)
         add_common_flags(command)
     return parser
 

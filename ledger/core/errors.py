@@ -1,4 +1,4 @@
-"""Errors as values with a stable machine `code`; the doors (CLI, NATS) map them, nothing leaks a traceback."""
+"""Errors as values with a stable `code`; the doors (CLI, NATS) map them and never leak a traceback."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ UNITS: dict[ResourceType, str] = {
 
 # States whose instances hold resources. Only the seed's known resting states release them; `Unknown`, and any
 # state this version has not heard of, count as active (unlike the seed, which ignored `Unknown`): an instance
-# whose state the orchestrator lost track of may still be running, and forgetting it would over-promise the host.
+# whose state the orchestrator lost track of may still be running, and forgetting it would over-promise.
 ACTIVE_STATES: frozenset[str] = frozenset({"Created", "Running", "Paused", "Unknown"})
 INACTIVE_STATES: frozenset[str] = frozenset({"Stopped", "Standby", "Shutdown"})
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -50,21 +50,22 @@ from ledger.store.results import (
     ReservationInfo,
 )
 
-hosts = Host.__table__
-capacities = HostCapacity.__table__
-instances = Instance.__table__
-volumes = Volume.__table__
-images = Image.__table__
-oci_cache = OciCache.__table__
-reservations = Reservation.__table__
-allocation_log = AllocationLog.__table__
-processed_events = ProcessedEvent.__table__
+hosts = cast(Table, Host.__table__)
+capacities = cast(Table, HostCapacity.__table__)
+instances = cast(Table, Instance.__table__)
+volumes = cast(Table, Volume.__table__)
+images = cast(Table, Image.__table__)
+oci_cache = cast(Table, OciCache.__table__)
+reservations = cast(Table, Reservation.__table__)
+allocation_log = cast(Table, AllocationLog.__table__)
+processed_events = cast(Table, ProcessedEvent.__table__)
 
 HELD, CONSUMED, RELEASED, EXPIRED = "held", "consumed", "released", "expired"
 MAX_TTL_SECONDS = 24 * 3600
 UNREGISTERED_HINT = "host is not registered: run `ledger host refresh` on it, or publish host.capacity"
 
 Totals = dict[str, int]  # hosts-table column → delta
+RowLike = Mapping[Any, Any]  # a result row by column name
 
 _ALLOC_COLUMNS = {
     ResourceType.CPU: ("alloc_cpu",),
@@ -85,7 +86,7 @@ class EventMark:
     stream_seq: int | None = None
 
 
-def _instance_usage(row: Mapping[str, Any] | None) -> Totals:
+def _instance_usage(row: RowLike | None) -> Totals:
     if row is None or not row["active"] or row["deleted"]:
         return {}
     return {
@@ -98,7 +99,7 @@ def _instance_usage(row: Mapping[str, Any] | None) -> Totals:
     }
 
 
-def _hold_usage(row: Mapping[str, Any]) -> Totals:
+def _hold_usage(row: RowLike) -> Totals:
     return {
         "pend_cpu": row["vcpus"],
         "pend_memory": row["memory_bytes"],
@@ -163,8 +164,8 @@ class Ledger:
 
     @contextmanager
     def _locked(self, host_id: str, *, create: bool = False) -> Iterator[tuple[Connection, Row[Any]]]:
-        """A transaction holding `host_id`'s lock; `create` makes an empty host row for records that
-        arrive before the host registered (they must still be counted)."""
+        """A transaction holding `host_id`'s lock, expired holds already swept; `create` makes an empty host
+        row for records that arrive before the host registered (they must still be counted)."""
         with self._transaction() as conn:
             row = conn.execute(self._lock_host, {"host_id": host_id}).one_or_none()
             if row is None and create:
@@ -172,6 +173,8 @@ class Ledger:
                 row = conn.execute(self._lock_host, {"host_id": host_id}).one()
             if row is None:
                 raise UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
+            if self._sweep(conn, host_id):
+                row = conn.execute(self._lock_host, {"host_id": host_id}).one()
             yield conn, row
 
     def _insert_host(self, conn: Connection, host_id: str) -> None:
@@ -346,13 +349,11 @@ class Ledger:
     def status(self, host_id: str, resource: ResourceType) -> ResourceStatus:
         """One resource's status on a host (expired holds swept first)."""
         with self._locked(host_id) as (conn, host):
-            host = self._sweep(conn, host)
             return self._statuses(conn, host)[resource]
 
     def full_status(self, host_id: str, *, with_allocations: bool = True) -> FullStatus:
         """The seed's FullResourceStatus for a host, plus `pending`."""
         with self._locked(host_id) as (conn, host):
-            host = self._sweep(conn, host)
             statuses = self._statuses(conn, host)
             allocations = []
             if with_allocations:
@@ -402,14 +403,14 @@ class Ledger:
 
     # ---- reservations -------------------------------------------------------------------------
 
-    def _sweep(self, conn: Connection, host: Row[Any]) -> Row[Any]:
-        """Mark expired holds `expired` and take them off the pending totals; returns the fresh host row."""
+    def _sweep(self, conn: Connection, host_id: str) -> int:
+        """Mark expired holds `expired` and take them off the pending totals; returns how many."""
         now = self.clock()
         expired = (
             conn.execute(
                 update(reservations)
                 .where(
-                    reservations.c.host_id == host.host_id,
+                    reservations.c.host_id == host_id,
                     reservations.c.status == HELD,
                     reservations.c.expires_at <= now,
                 )
@@ -419,13 +420,11 @@ class Ledger:
             .mappings()
             .all()
         )
-        if not expired:
-            return host
         for row in expired:
             delta = _negate(_hold_usage(row))
-            self._move(conn, host.host_id, delta)
-            self._log(conn, host.host_id, "reservation", row["reservation_id"], EXPIRED, "ttl", delta)
-        return conn.execute(self._lock_host, {"host_id": host.host_id}).one()
+            self._move(conn, host_id, delta)
+            self._log(conn, host_id, "reservation", row["reservation_id"], EXPIRED, "ttl", delta)
+        return len(expired)
 
     def reserve(
         self,
@@ -463,25 +462,31 @@ class Ledger:
                 )
                 if earlier is not None:
                     return self._replay(earlier, request)
-            host = self._sweep(conn, host)
             statuses = self._statuses(conn, host)
             refusal = rules.first_shortfall(request, statuses)
             if refusal is None:
                 slots = self._gpu_slots(host)
                 refusal = rules.gpu_shortfall(request, slots)
-                if refusal is None and request.gpu_profile and slots and slots.profiles:
-                    if request.gpu_profile not in slots.profiles:
-                        raise InvalidRequest(
-                            f"unknown GPU profile {request.gpu_profile!r}; this host offers: "
-                            f"{', '.join(sorted(slots.profiles))}",
-                            field="gpu_profile",
-                        )
+                profiles = slots.profiles if slots else {}
+                if (
+                    refusal is None
+                    and request.gpu_profile
+                    and profiles
+                    and request.gpu_profile not in profiles
+                ):
+                    raise InvalidRequest(
+                        f"unknown GPU profile {request.gpu_profile!r}; this host offers: "
+                        f"{', '.join(sorted(profiles))}",
+                        field="gpu_profile",
+                    )
             if refusal is not None:
                 refusal.details["host"] = host_id
                 raise refusal
             now = self.clock()
-            row = {
-                "reservation_id": uuid.uuid4().hex,
+            reservation_id = uuid.uuid4().hex
+            expires_at = now + timedelta(seconds=ttl)
+            row: dict[str, Any] = {
+                "reservation_id": reservation_id,
                 "host_id": host_id,
                 "idempotency_key": idempotency_key,
                 "status": HELD,
@@ -494,18 +499,18 @@ class Ledger:
                 "gpu": 1 if request.wants_gpu else 0,
                 "gpu_profile": request.gpu_profile,
                 "created_at": now,
-                "expires_at": now + timedelta(seconds=ttl),
+                "expires_at": expires_at,
                 "ended_at": None,
                 "instance_id": None,
             }
             conn.execute(insert(reservations), row)
             delta = {k: v for k, v in _hold_usage(row).items() if v}
             self._move(conn, host_id, delta)
-            self._log(conn, host_id, "reservation", row["reservation_id"], "reserved", "api", delta)
-            return Grant(row["reservation_id"], host_id, HELD, row["expires_at"], idempotency_key)
+            self._log(conn, host_id, "reservation", reservation_id, "reserved", "api", delta)
+            return Grant(reservation_id, host_id, HELD, expires_at, idempotency_key)
 
     @staticmethod
-    def _replay(earlier: Mapping[str, Any], request: AllocationRequest) -> Grant:
+    def _replay(earlier: RowLike, request: AllocationRequest) -> Grant:
         same = (
             earlier["vcpus"] == request.vcpus
             and earlier["memory_bytes"] == request.memory_bytes
@@ -530,7 +535,7 @@ class Ledger:
             replayed=True,
         )
 
-    def _find_reservation(self, conn: Connection, reservation_id: str) -> Mapping[str, Any]:
+    def _find_reservation(self, conn: Connection, reservation_id: str) -> RowLike:
         row = (
             conn.execute(select(reservations).where(reservations.c.reservation_id == reservation_id))
             .mappings()
@@ -545,13 +550,12 @@ class Ledger:
             return _info(self._find_reservation(conn, reservation_id))
 
     def release(self, reservation_id: str) -> ReservationInfo:
-        """Give a held reservation back. Releasing one that already ended is a no-op that says how it ended."""
+        """Give a held reservation back; releasing one that already ended says how it ended."""
         if not isinstance(reservation_id, str) or not reservation_id:
             raise InvalidRequest("reservation_id must be a non-empty string", field="reservation_id")
         with self.engine.connect() as conn:
             host_id = self._find_reservation(conn, reservation_id)["host_id"]
-        with self._locked(host_id) as (conn, host):
-            self._sweep(conn, host)
+        with self._locked(host_id) as (conn, _):
             row = self._find_reservation(conn, reservation_id)
             if row["status"] != HELD:
                 return _info(row)
@@ -567,20 +571,11 @@ class Ledger:
             return _info(self._find_reservation(conn, reservation_id))
 
     def expire(self, host_id: str) -> int:
-        """Sweep expired holds now (admission does it anyway); returns how many expired."""
-        with self._locked(host_id) as (conn, host):
-            before = conn.execute(
-                select(func.count())
-                .select_from(reservations)
-                .where(reservations.c.host_id == host_id, reservations.c.status == EXPIRED)
-            ).scalar_one()
-            self._sweep(conn, host)
-            after = conn.execute(
-                select(func.count())
-                .select_from(reservations)
-                .where(reservations.c.host_id == host_id, reservations.c.status == EXPIRED)
-            ).scalar_one()
-            return int(after - before)
+        """Sweep expired holds now (every locked transaction does it anyway); returns how many expired."""
+        with self._transaction() as conn:
+            if conn.execute(self._lock_host, {"host_id": host_id}).one_or_none() is None:
+                raise UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
+            return self._sweep(conn, host_id)
 
     def _consume(
         self, conn: Connection, host_id: str, reservation_id: str, instance_id: str, cause: str
@@ -644,7 +639,7 @@ class Ledger:
         entity_id: str,
         version: int | None,
         new_row: dict[str, Any] | None,
-        usage: Callable[[Mapping[str, Any] | None], Totals],
+        usage: Callable[[RowLike | None], Totals],
         kind: str,
         action: str,
         mark: EventMark | None,
@@ -915,8 +910,8 @@ class Ledger:
             return [dict(r._mapping) for r in rows]
 
 
-def _sized(column: str) -> Callable[[Mapping[str, Any] | None], Totals]:
-    def usage(row: Mapping[str, Any] | None) -> Totals:
+def _sized(column: str) -> Callable[[RowLike | None], Totals]:
+    def usage(row: RowLike | None) -> Totals:
         if row is None or row["deleted"]:
             return {}
         return {column: row["size_bytes"]}
@@ -924,7 +919,7 @@ def _sized(column: str) -> Callable[[Mapping[str, Any] | None], Totals]:
     return usage
 
 
-def _oci_usage(row: Mapping[str, Any] | None) -> Totals:
+def _oci_usage(row: RowLike | None) -> Totals:
     if row is None or row.get("deleted"):
         return {}
     return {"oci_cache_bytes": row["total_bytes"]}
@@ -941,7 +936,7 @@ def _tombstone(table: Any, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _info(row: Mapping[str, Any]) -> ReservationInfo:
+def _info(row: RowLike) -> ReservationInfo:
     return ReservationInfo(
         reservation_id=row["reservation_id"],
         host_id=row["host_id"],
@@ -951,4 +946,3 @@ def _info(row: Mapping[str, Any]) -> ReservationInfo:
         ended_at=row["ended_at"],
         instance_id=row["instance_id"],
     )
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from importlib import resources
 from pathlib import Path
+from typing import TextIO
 
 from alembic import command
 from alembic.config import Config
@@ -21,7 +22,7 @@ def migrations_dir() -> Path:
     return Path(str(resources.files("ledger.migrations")))
 
 
-def alembic_config(url: str, stdout: io.TextIOBase | None = None) -> Config:
+def alembic_config(url: str, stdout: TextIO | None = None) -> Config:
     config = Config(stdout=stdout) if stdout is not None else Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -77,7 +78,7 @@ def check(url: str) -> str | None:
     engine = make_engine(url, for_migration=True)
     try:
         with engine.connect() as connection:
-            config = alembic_config(url)
+            config = alembic_config(url, stdout=io.StringIO())
             config.attributes["connection"] = connection
             try:
                 command.check(config)

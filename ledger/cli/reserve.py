@@ -1,0 +1,113 @@
+"""`ledger validate` (= reserve) and `ledger release`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ledger.cli.common import EXIT_OK, print_json
+from ledger.config import Settings
+from ledger.core.capacity import AllocationRequest
+from ledger.core.units import UnitError, parse_bandwidth, parse_size
+from ledger.local import ensure_host, open_ledger
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bandwidth(text: str) -> int:
+    try:
+        return parse_bandwidth(text)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _vcpus(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of vCPUs") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("vCPUs cannot be negative")
+    return value
+
+
+def register_validate(subcommands: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        "validate",
+        help="check that an instance fits and reserve it (prints the reservation id)",
+        description="Check every requested resource against what is left and hold it in one transaction. "
+        "Prints the reservation id; a refusal prints the reason on stderr and exits 3. The hold lasts "
+        "--ttl seconds unless an instance event consumes it or `ledger release` gives it back.",
+    )
+    parser.add_argument("--vcpus", type=_vcpus, required=True, help="vCPUs")
+    parser.add_argument("--memory", type=_size, default=0, help="memory size, e.g. 8GiB")
+    parser.add_argument("--disk", type=_size, default=0, help="disk size, e.g. 50GB")
+    parser.add_argument("--network-down", type=_bandwidth, default=0, help="download bandwidth, e.g. 1Gbps")
+    parser.add_argument("--network-up", type=_bandwidth, default=0, help="upload bandwidth, e.g. 1Gbps")
+    parser.add_argument("--disk-io", type=_bandwidth, default=0, help="disk I/O bandwidth, e.g. 200MB/s")
+    parser.add_argument("--gpu", action="store_true", help="needs a GPU slot")
+    parser.add_argument("--gpu-profile", default=None, help="vGPU profile name")
+    parser.add_argument("--host", default=None, help="host id (default: this host)")
+    parser.add_argument(
+        "--key", default=None, help="idempotency key: a retry with the same key gets the same answer"
+    )
+    parser.add_argument(
+        "--ttl", type=float, default=None, help="seconds the hold lasts (default from config: 60)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the grant as JSON")
+    parser.set_defaults(handler=run_validate)
+    return parser
+
+
+def run_validate(args: argparse.Namespace, settings: Settings) -> int:
+    request = AllocationRequest(
+        vcpus=args.vcpus,
+        memory_bytes=args.memory,
+        disk_bytes=args.disk,
+        network_download_bps=args.network_down,
+        network_upload_bps=args.network_up,
+        disk_io_bps=args.disk_io,
+        needs_gpu=args.gpu,
+        gpu_profile=args.gpu_profile,
+    )
+    ledger = open_ledger(settings)
+    try:
+        host = ensure_host(ledger, settings, args.host)
+        grant = ledger.reserve(host, request, idempotency_key=args.key, ttl=args.ttl)
+    finally:
+        ledger.close()
+    if args.json:
+        print_json(grant.to_dict())
+    else:
+        print(grant.reservation_id)
+    return EXIT_OK
+
+
+def register_release(subcommands: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        "release",
+        help="give a held reservation back",
+        description="Release a reservation; releasing one that already ended says how it ended.",
+    )
+    parser.add_argument("reservation_id", help="the id `ledger validate` printed")
+    parser.add_argument("--json", action="store_true", help="print the reservation as JSON")
+    parser.set_defaults(handler=run_release)
+    return parser
+
+
+def run_release(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = open_ledger(settings)
+    try:
+        info = ledger.release(args.reservation_id)
+    finally:
+        ledger.close()
+    if args.json:
+        print_json(info.to_dict())
+    else:
+        print(f"{info.reservation_id} {info.status}")
+    return EXIT_OK

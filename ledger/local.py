@@ -1,0 +1,35 @@
+"""Wiring for this host: open the configured ledger and register this host from discovery and config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ledger.config import Settings
+from ledger.core.resources import ResourceType
+from ledger.discovery import HostCapacities, discover
+from ledger.store.ledger import Ledger
+
+
+def open_ledger(settings: Settings, *, migrate: bool = True) -> Ledger:
+    """The ledger on the configured database (migrated on first use)."""
+    return Ledger.open(settings.database_url, migrate=migrate, reservation_ttl=settings.reservation_ttl)
+
+
+def refresh_host(ledger: Ledger, settings: Settings, root: Path = Path("/")) -> HostCapacities:
+    """Discover this host's capacities and record them with the configured ratios."""
+    found = discover(settings, root=root)
+    ledger.register_host(
+        settings.host_id,
+        {r: found.get(r) for r in ResourceType},
+        {r: settings.ratio(r) for r in ResourceType},
+        found.gpu,
+    )
+    return found
+
+
+def ensure_host(ledger: Ledger, settings: Settings, host_id: str | None) -> str:
+    """The host a command is about; the local host is registered on first use."""
+    target = host_id or settings.host_id
+    if target == settings.host_id and not ledger.has_host(target):
+        refresh_host(ledger, settings)
+    return target
