@@ -23,8 +23,8 @@ def oversub_ratio(resource: ResourceType, ratio: float | None) -> float:
 
 
 def effective_limit(capacity: int, ratio: float) -> int:
-    """How much of a resource may be promised: `int(capacity × ratio)`."""
-    return int(capacity * ratio)
+    """How much of a resource may be promised: `int(capacity × ratio)`, at most what a BIGINT holds."""
+    return min(int(capacity * ratio), MAX_AMOUNT)
 
 
 def available(limit: int, allocated: int, pending: int = 0) -> int:
@@ -76,13 +76,20 @@ class ResourceStatus:
         return data
 
 
-def _check_amount(name: str, value: object) -> int:
+# More vCPUs than any host has: a larger request is a mistake, not a placement question.
+MAX_VCPUS = 1_000_000
+
+
+def check_amount(name: str, value: object, *, label: str | None = None) -> int:
+    """A whole, non-negative amount within what the schema holds, or InvalidRequest naming the field."""
+    label = label or name
+    maximum = MAX_VCPUS if name == "vcpus" else MAX_AMOUNT
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"{name} must be a whole number, got {value!r}", field=name)
+        raise InvalidRequest(f"{label} must be a whole number, got {value!r}", field=name)
     if value < 0:
-        raise InvalidRequest(f"{name} cannot be negative, got {value}", field=name)
-    if value > MAX_AMOUNT:
-        raise InvalidRequest(f"{name} is too large: {value} exceeds {MAX_AMOUNT}", field=name)
+        raise InvalidRequest(f"{label} cannot be negative, got {value}", field=name)
+    if value > maximum:
+        raise InvalidRequest(f"{label} is too large: {value} exceeds {maximum}", field=name)
     return value
 
 
@@ -108,7 +115,7 @@ class AllocationRequest:
             "network_upload_bps",
             "disk_io_bps",
         ):
-            _check_amount(name, getattr(self, name))
+            check_amount(name, getattr(self, name))
         if not isinstance(self.needs_gpu, bool):
             raise InvalidRequest(
                 f"needs_gpu must be true or false, got {self.needs_gpu!r}", field="needs_gpu"

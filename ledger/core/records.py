@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Self
 
+from ledger.core.capacity import check_amount
 from ledger.core.errors import InvalidRequest
 from ledger.core.resources import is_active
-from ledger.core.units import MAX_AMOUNT
 
 MAX_ID_LENGTH = 255
 
@@ -18,13 +18,7 @@ def _field_error(kind: str, name: str, problem: str) -> InvalidRequest:
 
 
 def _amount(kind: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _field_error(kind, name, f"must be a whole number, got {value!r}")
-    if value < 0:
-        raise _field_error(kind, name, f"cannot be negative, got {value}")
-    if value > MAX_AMOUNT:
-        raise _field_error(kind, name, f"is too large: {value} exceeds {MAX_AMOUNT}")
-    return value
+    return check_amount(name, value, label=f"{kind}.{name}")
 
 
 def _text(kind: str, name: str, value: Any, *, required: bool) -> str | None:

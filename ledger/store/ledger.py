@@ -10,6 +10,7 @@ host's running totals in the same transaction, so a reservation turning into an 
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Row, Table, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -75,6 +76,19 @@ _ALLOC_COLUMNS = {
     ResourceType.DISK: ("images_bytes", "oci_cache_bytes", "volumes_bytes", "overlays_bytes"),
 }
 _PEND_COLUMN = {r: f"pend_{r.value}" for r in ResourceType}
+TOTAL_COLUMNS = (
+    "alloc_cpu",
+    "alloc_memory",
+    "alloc_network",
+    "alloc_disk_io",
+    "alloc_gpu",
+    "images_bytes",
+    "oci_cache_bytes",
+    "volumes_bytes",
+    "overlays_bytes",
+    *(_PEND_COLUMN[r] for r in ResourceType),
+    "pend_gpu",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +150,36 @@ class Ledger:
         self._lock_host = (
             select(hosts).where(hosts.c.host_id == bindparam("host_id")).with_for_update()
         )  # FOR UPDATE is dropped on SQLite, where BEGIN IMMEDIATE already holds the database's write lock
+        # The hot path reuses statements built once: building and keying a new statement per call would cost
+        # more than executing it.
+        self._move_totals = (
+            update(hosts)
+            .where(hosts.c.host_id == bindparam("b_host_id"))
+            .values({hosts.c[c]: hosts.c[c] + bindparam(f"d_{c}") for c in TOTAL_COLUMNS})
+        )
+        self._move_totals_and_expiry = self._move_totals.values(next_expiry=bindparam("b_next"))
+        self._sweep_expired = (
+            update(reservations)
+            .where(
+                reservations.c.host_id == bindparam("b_host_id"),
+                reservations.c.status == HELD,
+                reservations.c.expires_at <= bindparam("b_now"),
+            )
+            .values(status=EXPIRED, ended_at=bindparam("b_now"))
+            .returning(*reservations.c)
+        )
+        self._earliest_hold = select(func.min(reservations.c.expires_at)).where(
+            reservations.c.host_id == bindparam("b_host_id"), reservations.c.status == HELD
+        )
+        self._set_next_expiry = (
+            update(hosts)
+            .where(hosts.c.host_id == bindparam("b_host_id"))
+            .values(next_expiry=bindparam("b_next"))
+        )
+        self._select_capacities = select(capacities).where(capacities.c.host_id == bindparam("host_id"))
+        self._capacity_cache: dict[str, tuple[int, dict[str, Row[Any]]]] = {}
+        self._insert_reservation = insert(reservations)
+        self._insert_log = insert(allocation_log)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True, **options: Any) -> Ledger:
@@ -173,7 +217,7 @@ class Ledger:
                 row = conn.execute(self._lock_host, {"host_id": host_id}).one()
             if row is None:
                 raise UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
-            if self._sweep(conn, host_id):
+            if self._sweep(conn, row):
                 row = conn.execute(self._lock_host, {"host_id": host_id}).one()
             yield conn, row
 
@@ -186,13 +230,18 @@ class Ledger:
             stmt = postgresql.insert(hosts).on_conflict_do_nothing(index_elements=["host_id"])
         conn.execute(stmt.values(host_id=host_id, created_at=now, updated_at=now))
 
-    def _move(self, conn: Connection, host_id: str, delta: Totals) -> None:
-        if delta:
-            conn.execute(
-                update(hosts)
-                .where(hosts.c.host_id == host_id)
-                .values({hosts.c[k]: hosts.c[k] + v for k, v in sorted(delta.items())})
-            )
+    def _move(
+        self, conn: Connection, host_id: str, delta: Totals, *, next_expiry: datetime | None = None
+    ) -> None:
+        """Shift the host's running totals by `delta` (and lower its next expiry when a hold is added)."""
+        if not delta and next_expiry is None:
+            return
+        params: dict[str, Any] = {f"d_{c}": delta.get(c, 0) for c in TOTAL_COLUMNS}
+        params["b_host_id"] = host_id
+        if next_expiry is None:
+            conn.execute(self._move_totals, params)
+        else:
+            conn.execute(self._move_totals_and_expiry, {**params, "b_next": next_expiry})
 
     def _log(
         self,
@@ -211,7 +260,7 @@ class Ledger:
             delta.get(k, 0) for k in ("images_bytes", "oci_cache_bytes", "volumes_bytes", "overlays_bytes")
         )
         conn.execute(
-            insert(allocation_log),
+            self._insert_log,
             {
                 "host_id": host_id,
                 "at": self.clock(),
@@ -243,7 +292,7 @@ class Ledger:
             raise InvalidRequest("host id must be 1 to 255 characters", field="host")
         for resource in ResourceType:
             ratio = ratios.get(resource)
-            if ratio is not None and not ratio > 0:
+            if ratio is not None and not _valid_ratio(ratio):
                 raise InvalidRequest(
                     f"oversubscription ratio for {resource.value} must be greater than 0, got {ratio}",
                     field="oversub_ratio",
@@ -257,6 +306,7 @@ class Ledger:
                     gpu_status=json.dumps(gpu.to_dict()) if gpu else None,
                     gpu_total=gpu.total_slots if gpu else 0,
                     gpu_busy=gpu.used_slots if gpu else 0,
+                    capacity_version=hosts.c.capacity_version + 1,
                     updated_at=now,
                 )
             )
@@ -281,7 +331,7 @@ class Ledger:
 
     def set_ratio(self, host_id: str, resource: ResourceType, ratio: float) -> None:
         """Change one oversubscription ratio; the effective limit follows."""
-        if not ratio > 0:
+        if not _valid_ratio(ratio):
             raise InvalidRequest(f"oversubscription ratio must be greater than 0, got {ratio}", field="ratio")
         with self._locked(host_id) as (conn, _):
             cap = conn.execute(
@@ -296,6 +346,11 @@ class Ledger:
                 .where(capacities.c.host_id == host_id, capacities.c.resource == resource.value)
                 .values(oversub_ratio=ratio, effective_limit=rules.effective_limit(cap, ratio))
             )
+            conn.execute(
+                update(hosts)
+                .where(hosts.c.host_id == host_id)
+                .values(capacity_version=hosts.c.capacity_version + 1, updated_at=self.clock())
+            )
 
     def host_ids(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -309,10 +364,7 @@ class Ledger:
     # ---- status -------------------------------------------------------------------------------
 
     def _statuses(self, conn: Connection, host: Row[Any]) -> dict[ResourceType, ResourceStatus]:
-        rows = {
-            r.resource: r
-            for r in conn.execute(select(capacities).where(capacities.c.host_id == host.host_id))
-        }
+        rows = {r.resource: r for r in conn.execute(self._select_capacities, {"host_id": host.host_id})}
         result = {}
         for resource in ResourceType:
             allocated = sum(getattr(host, c) for c in _ALLOC_COLUMNS[resource])
@@ -403,27 +455,22 @@ class Ledger:
 
     # ---- reservations -------------------------------------------------------------------------
 
-    def _sweep(self, conn: Connection, host_id: str) -> int:
-        """Mark expired holds `expired` and take them off the pending totals; returns how many."""
+    def _sweep(self, conn: Connection, host: Row[Any]) -> int:
+        """Mark expired holds `expired` and take them off the pending totals; returns how many.
+
+        `hosts.next_expiry` is a lower bound on the earliest held expiry, so most calls return at once.
+        """
         now = self.clock()
-        expired = (
-            conn.execute(
-                update(reservations)
-                .where(
-                    reservations.c.host_id == host_id,
-                    reservations.c.status == HELD,
-                    reservations.c.expires_at <= now,
-                )
-                .values(status=EXPIRED, ended_at=now)
-                .returning(*reservations.c)
-            )
-            .mappings()
-            .all()
-        )
+        if host.next_expiry is None or now < host.next_expiry:
+            return 0
+        params = {"b_host_id": host.host_id, "b_now": now}
+        expired = conn.execute(self._sweep_expired, params).mappings().all()
         for row in expired:
             delta = _negate(_hold_usage(row))
-            self._move(conn, host_id, delta)
-            self._log(conn, host_id, "reservation", row["reservation_id"], EXPIRED, "ttl", delta)
+            self._move(conn, host.host_id, delta)
+            self._log(conn, host.host_id, "reservation", row["reservation_id"], EXPIRED, "ttl", delta)
+        earliest = conn.execute(self._earliest_hold, {"b_host_id": host.host_id}).scalar()
+        conn.execute(self._set_next_expiry, {"b_host_id": host.host_id, "b_next": earliest})
         return len(expired)
 
     def reserve(
@@ -503,9 +550,10 @@ class Ledger:
                 "ended_at": None,
                 "instance_id": None,
             }
-            conn.execute(insert(reservations), row)
+            conn.execute(self._insert_reservation, row)
             delta = {k: v for k, v in _hold_usage(row).items() if v}
-            self._move(conn, host_id, delta)
+            next_expiry = expires_at if host.next_expiry is None else min(host.next_expiry, expires_at)
+            self._move(conn, host_id, delta, next_expiry=next_expiry)
             self._log(conn, host_id, "reservation", reservation_id, "reserved", "api", delta)
             return Grant(reservation_id, host_id, HELD, expires_at, idempotency_key)
 
@@ -573,9 +621,10 @@ class Ledger:
     def expire(self, host_id: str) -> int:
         """Sweep expired holds now (every locked transaction does it anyway); returns how many expired."""
         with self._transaction() as conn:
-            if conn.execute(self._lock_host, {"host_id": host_id}).one_or_none() is None:
+            host = conn.execute(self._lock_host, {"host_id": host_id}).one_or_none()
+            if host is None:
                 raise UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
-            return self._sweep(conn, host_id)
+            return self._sweep(conn, host)
 
     def _consume(
         self, conn: Connection, host_id: str, reservation_id: str, instance_id: str, cause: str
@@ -908,6 +957,10 @@ class Ledger:
                 text("SELECT host_id, total, stored, recomputed, drift FROM ledger_drift WHERE drift <> 0")
             )
             return [dict(r._mapping) for r in rows]
+
+
+def _valid_ratio(ratio: float) -> bool:
+    return isinstance(ratio, int | float) and not isinstance(ratio, bool) and 0 < ratio < math.inf
 
 
 def _sized(column: str) -> Callable[[RowLike | None], Totals]:

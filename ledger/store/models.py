@@ -75,7 +75,11 @@ class Host(Base):
 
     host_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Bumped whenever capacities or ratios change, so processes may cache them between transactions.
+    capacity_version: Mapped[int] = mapped_column(Integer, default=0)
+    # No held reservation expires before this (a lower bound): admission skips the expiry sweep until then.
+    next_expiry: Mapped[datetime | None] = mapped_column(UTCDateTime())
     gpu_status: Mapped[str | None] = mapped_column(Text)  # discovery's GPUStatus as JSON
     gpu_total: Mapped[int] = mapped_column(Integer, default=0)
     gpu_busy: Mapped[int] = mapped_column(Integer, default=0)  # slots discovery saw in use (vfio / mdev)

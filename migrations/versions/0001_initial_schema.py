@@ -42,6 +42,8 @@ def upgrade() -> None:
         sa.Column("host_id", sa.String(length=255), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.Column("capacity_version", sa.Integer(), nullable=False),
+        sa.Column("next_expiry", sa.DateTime(), nullable=True),
         sa.Column("gpu_status", sa.Text(), nullable=True),
         sa.Column("gpu_total", sa.Integer(), nullable=False),
         sa.Column("gpu_busy", sa.Integer(), nullable=False),

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.core.capacity import (
+    MAX_VCPUS,
     MIN_DISK_FOR_PULL,
     AllocationRequest,
     GpuSlots,
@@ -149,10 +150,11 @@ def test_non_integer_amount_is_an_invalid_request_naming_the_field(name: str, va
 
 @pytest.mark.parametrize("name", AMOUNT_FIELDS)
 def test_amount_beyond_int64_is_an_invalid_request_naming_the_field(name: str) -> None:
+    maximum = MAX_VCPUS if name == "vcpus" else MAX_AMOUNT
     with pytest.raises(InvalidRequest, match="too large") as caught:
-        AllocationRequest(**{name: MAX_AMOUNT + 1})  # type: ignore[arg-type]
+        AllocationRequest(**{name: maximum + 1})  # type: ignore[arg-type]
     assert caught.value.details["field"] == name
-    AllocationRequest(**{name: MAX_AMOUNT})  # type: ignore[arg-type]
+    AllocationRequest(**{name: maximum})  # type: ignore[arg-type]
 
 
 def test_needs_gpu_must_be_a_bool() -> None:

@@ -1,0 +1,33 @@
+# The two commands the README promises: `make run` and `make test`. Both build .venv from this repo's files.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## run: install, then serve on the embedded default (SQLite + an embedded NATS server)
+run: $(BIN)/.installed
+	$(BIN)/ledger serve
+
+## test: install, start PostgreSQL and NATS if they are down, run the whole test suite
+test: $(BIN)/.installed
+	bash .ci/services
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict ledger
+
+bench: $(BIN)/.installed
+	bash .ci/services
+	$(BIN)/python bench/reserve.py
+
+clean:
+	rm -rf $(VENV)
