@@ -28,8 +28,9 @@ def refresh_host(ledger: Ledger, settings: Settings, root: Path = Path("/")) -> 
 
 
 def ensure_host(ledger: Ledger, settings: Settings, host_id: str | None) -> str:
-    """The host a command is about; the local host is registered on first use."""
+    """The host a command is about; the local host is registered on first use (even if events about it
+    arrived first and made an empty host row)."""
     target = host_id or settings.host_id
-    if target == settings.host_id and not ledger.has_host(target):
+    if target == settings.host_id and not ledger.is_registered(target):
         refresh_host(ledger, settings)
     return target

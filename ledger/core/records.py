@@ -65,6 +65,12 @@ class _Record:
                 values[f.name] = _amount(cls.KIND, f.name, 0 if raw is None else raw)
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        # Records built in code (not parsed) get the same amount checks as parsed ones.
+        for f in fields(self):  # type: ignore[arg-type]
+            if f.name not in self.REQUIRED_TEXT and f.name not in self.OPTIONAL_TEXT:
+                _amount(self.KIND, f.name, getattr(self, f.name))
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -178,6 +179,7 @@ class Ledger:
         )
         self._select_capacities = select(capacities).where(capacities.c.host_id == bindparam("host_id"))
         self._capacity_cache: dict[str, tuple[int, dict[str, Row[Any]]]] = {}
+        self._batch = threading.local()
         self._insert_reservation = insert(reservations)
         self._insert_log = insert(allocation_log)
 
@@ -200,11 +202,37 @@ class Ledger:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        batch = getattr(self._batch, "conn", None)
+        if batch is not None:  # inside `batch()`: every write joins its one transaction
+            yield batch
+            return
         try:
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
             raise Unavailable(f"database unavailable: {str(exc.orig).strip()}") from exc
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run every write in the block in one transaction (committed at the end, rolled back on error).
+
+        The event consumer applies a fetched batch this way: one commit for many events, acked after it.
+        """
+        if getattr(self._batch, "conn", None) is not None:
+            raise RuntimeError("batches do not nest")
+        try:
+            with self.engine.begin() as conn:
+                self._batch.conn = conn
+                try:
+                    yield
+                finally:
+                    self._batch.conn = None
+        except OperationalError as exc:
+            raise Unavailable(f"database unavailable: {str(exc.orig).strip()}") from exc
+
+    @property
+    def in_batch(self) -> bool:
+        return getattr(self._batch, "conn", None) is not None
 
     @contextmanager
     def _locked(self, host_id: str, *, create: bool = False) -> Iterator[tuple[Connection, Row[Any]]]:
@@ -359,6 +387,12 @@ class Ledger:
     def has_host(self, host_id: str) -> bool:
         with self.engine.connect() as conn:
             found = conn.execute(select(hosts.c.host_id).where(hosts.c.host_id == host_id)).first()
+            return found is not None
+
+    def is_registered(self, host_id: str) -> bool:
+        """Whether the host has capacities (a host row made by an early event has none yet)."""
+        with self.engine.connect() as conn:
+            found = conn.execute(select(capacities.c.host_id).where(capacities.c.host_id == host_id)).first()
             return found is not None
 
     # ---- status -------------------------------------------------------------------------------
@@ -567,6 +601,7 @@ class Ledger:
             and earlier["network_upload_bps"] == request.network_upload_bps
             and earlier["disk_io_bps"] == request.disk_io_bps
             and earlier["gpu"] == (1 if request.wants_gpu else 0)
+            and earlier["gpu_profile"] == request.gpu_profile
         )
         if not same:
             raise Conflict(
@@ -748,7 +783,8 @@ class Ledger:
                 return ApplyResult("applied", entity_id, version)
         except IntegrityError:
             # Another writer recorded the same event id first (a concurrent redelivery): it is applied once.
-            if mark is not None:
+            # Inside a batch the whole transaction is void, so the batch must be retried.
+            if mark is not None and not self.in_batch:
                 return ApplyResult("duplicate", entity_id, version or 0)
             raise
 

@@ -15,24 +15,26 @@ _NOW = {
 _USAGE_V1 = """
 WITH inst AS (
     SELECT host_id,
-           SUM(vcpus) AS cpu,
-           SUM(memory_bytes) AS memory,
-           SUM(CASE WHEN network_download_bps > network_upload_bps
-                    THEN network_download_bps ELSE network_upload_bps END) AS network,
-           SUM(disk_io_bps) AS disk_io,
-           SUM(overlay_bytes + volume_overlay_bytes) AS overlays,
-           SUM(CASE WHEN gpu IS NOT NULL THEN 1 ELSE 0 END) AS gpu
+           CAST(SUM(vcpus) AS BIGINT) AS cpu,
+           CAST(SUM(memory_bytes) AS BIGINT) AS memory,
+           CAST(SUM(CASE WHEN network_download_bps > network_upload_bps
+                    THEN network_download_bps ELSE network_upload_bps END) AS BIGINT) AS network,
+           CAST(SUM(disk_io_bps) AS BIGINT) AS disk_io,
+           CAST(SUM(overlay_bytes + volume_overlay_bytes) AS BIGINT) AS overlays,
+           CAST(SUM(CASE WHEN gpu IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT) AS gpu
     FROM instances WHERE active AND NOT deleted GROUP BY host_id
 ), vol AS (
-    SELECT host_id, SUM(size_bytes) AS bytes FROM volumes WHERE NOT deleted GROUP BY host_id
+    SELECT host_id, CAST(SUM(size_bytes) AS BIGINT) AS bytes FROM volumes WHERE NOT deleted GROUP BY host_id
 ), img AS (
-    SELECT host_id, SUM(size_bytes) AS bytes FROM images WHERE NOT deleted GROUP BY host_id
+    SELECT host_id, CAST(SUM(size_bytes) AS BIGINT) AS bytes FROM images WHERE NOT deleted GROUP BY host_id
 ), held AS (
     SELECT host_id,
-           SUM(vcpus) AS cpu, SUM(memory_bytes) AS memory, SUM(disk_bytes) AS disk,
-           SUM(CASE WHEN network_download_bps > network_upload_bps
-                    THEN network_download_bps ELSE network_upload_bps END) AS network,
-           SUM(disk_io_bps) AS disk_io, SUM(gpu) AS gpu
+           CAST(SUM(vcpus) AS BIGINT) AS cpu,
+           CAST(SUM(memory_bytes) AS BIGINT) AS memory,
+           CAST(SUM(disk_bytes) AS BIGINT) AS disk,
+           CAST(SUM(CASE WHEN network_download_bps > network_upload_bps
+                    THEN network_download_bps ELSE network_upload_bps END) AS BIGINT) AS network,
+           CAST(SUM(disk_io_bps) AS BIGINT) AS disk_io, CAST(SUM(gpu) AS BIGINT) AS gpu
     FROM reservations WHERE status = 'held' AND {held_filter} GROUP BY host_id
 )
 SELECT h.host_id,

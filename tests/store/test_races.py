@@ -15,7 +15,6 @@ from ledger.core.errors import InsufficientResources
 from ledger.core.records import InstanceRecord
 from ledger.core.resources import ResourceType
 from ledger.store.ledger import Ledger
-
 from tests.conftest import capacities
 
 PROCESSES = 16
@@ -29,7 +28,9 @@ def _reserve_worker(url: str, host_id: str, barrier: Any, results: Any) -> None:
     barrier.wait()
     for _ in range(ATTEMPTS_PER_PROCESS):
         try:
-            granted.append(ledger.reserve(host_id, AllocationRequest(vcpus=1, memory_bytes=2**20)).reservation_id)
+            granted.append(
+                ledger.reserve(host_id, AllocationRequest(vcpus=1, memory_bytes=2**20)).reservation_id
+            )
         except InsufficientResources as exc:
             refused.append(exc.details)
     ledger.close()
@@ -95,7 +96,11 @@ def _churn_worker(url: str, host_id: str, seed: int, barrier: Any, results: Any)
         elif choice < 0.8:
             instance_id = f"{seed}-{step}"
             record = InstanceRecord(
-                id=instance_id, state="Running", vcpus=1, memory_bytes=2**20, reservation_id=grant.reservation_id
+                id=instance_id,
+                state="Running",
+                vcpus=1,
+                memory_bytes=2**20,
+                reservation_id=grant.reservation_id,
             )
             ledger.apply_instance(host_id, record, version=1)
             live_instances.append(instance_id)
@@ -124,7 +129,8 @@ def test_reserve_release_expire_and_consume_race_without_double_counting(db_url:
     with ledger.engine.connect() as conn:
         active = sorted(
             conn.execute(
-                text("SELECT instance_id FROM instances WHERE host_id = :h AND active AND NOT deleted"), {"h": host_id}
+                text("SELECT instance_id FROM instances WHERE host_id = :h AND active AND NOT deleted"),
+                {"h": host_id},
             ).scalars()
         )
         held = conn.execute(

@@ -1,0 +1,92 @@
+"""Dead letters (events that could not be applied) and the consumer's position as the database records it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, func, insert, select, union_all, update
+
+from ledger.store.models import DeadLetter, ProcessedEvent, utcnow
+
+dead_letters = cast(Table, DeadLetter.__table__)
+processed_events = cast(Table, ProcessedEvent.__table__)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    id: int
+    host_id: str | None
+    stream_seq: int | None
+    subject: str
+    payload: bytes
+    reason: str
+    created_at: datetime
+    replayed_at: datetime | None
+
+    def to_dict(self, *, with_payload: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "host": self.host_id,
+            "stream_seq": self.stream_seq,
+            "subject": self.subject,
+            "reason": self.reason,
+            "created_at": self.created_at.isoformat(),
+            "replayed_at": self.replayed_at.isoformat() if self.replayed_at else None,
+            "payload_bytes": len(self.payload),
+        }
+        if with_payload:
+            data["payload"] = self.payload.decode("utf-8", errors="replace")
+        return data
+
+
+def record(
+    conn: Connection,
+    *,
+    payload: bytes,
+    reason: str,
+    subject: str = "",
+    stream_seq: int | None = None,
+    host_id: str | None = None,
+) -> int:
+    """Keep a poison event with why it was refused; returns its id."""
+    result = conn.execute(
+        insert(dead_letters).returning(dead_letters.c.id),
+        {
+            "payload": payload,
+            "reason": reason,
+            "subject": subject[:512],
+            "stream_seq": stream_seq,
+            "host_id": host_id[:255] if host_id else None,
+            "created_at": utcnow(),
+        },
+    )
+    return int(result.scalar_one())
+
+
+def listing(conn: Connection, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetterRecord]:
+    query = select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
+    if not include_replayed:
+        query = query.where(dead_letters.c.replayed_at.is_(None))
+    return [DeadLetterRecord(**row) for row in conn.execute(query).mappings()]
+
+
+def get(conn: Connection, dead_letter_id: int) -> DeadLetterRecord | None:
+    row = (
+        conn.execute(select(dead_letters).where(dead_letters.c.id == dead_letter_id)).mappings().one_or_none()
+    )
+    return DeadLetterRecord(**row) if row else None
+
+
+def mark_replayed(conn: Connection, dead_letter_id: int) -> None:
+    conn.execute(update(dead_letters).where(dead_letters.c.id == dead_letter_id).values(replayed_at=utcnow()))
+
+
+def last_stream_seq(conn: Connection) -> int:
+    """The highest stream sequence the database has recorded as handled (applied, stale, or dead-lettered)."""
+    seqs = union_all(
+        select(func.max(processed_events.c.stream_seq).label("seq")),
+        select(func.max(dead_letters.c.stream_seq).label("seq")),
+    ).subquery()
+    return int(conn.execute(select(func.coalesce(func.max(seqs.c.seq), 0))).scalar_one())
