@@ -4,7 +4,7 @@ redelivery is a no-op and versioned so a stale or reordered event is ignored."""
 from __future__ import annotations
 
 from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
-from ledger.events.contract import Event, HostCapacityRecord
+from ledger.events.contract import Event
 from ledger.store.ledger import EventMark, Ledger
 from ledger.store.results import ApplyResult
 
@@ -33,11 +33,6 @@ def apply_event(ledger: Ledger, event: Event, stream_seq: int | None = None) -> 
         return ledger.apply_image(event.host, record, version=event.version, mark=mark)
     if isinstance(record, OciCacheRecord):
         return ledger.apply_oci_cache(event.host, record, version=event.version, mark=mark)
-    return _register_host(ledger, event, record)
-
-
-def _register_host(ledger: Ledger, event: Event, record: HostCapacityRecord) -> ApplyResult:
-    # register_host keeps no version and no event mark: a capacity snapshot is idempotent, so a redelivery
-    # rewrites the same values, but an older snapshot delivered late does overwrite a newer one.
-    ledger.register_host(event.host, record.capacities, record.ratios, record.gpu)
-    return ApplyResult("applied", event.host, event.version)
+    return ledger.register_host(
+        event.host, record.capacities, record.ratios, record.gpu, version=event.version, mark=mark
+    )

@@ -314,8 +314,15 @@ class Ledger:
         found: Mapping[ResourceType, Capacity],
         ratios: Mapping[ResourceType, float],
         gpu: GPUStatus | None = None,
-    ) -> None:
-        """Create or refresh a host's capacities, ratios and GPU inventory (usage is left alone)."""
+        *,
+        version: int | None = None,
+        mark: EventMark | None = None,
+    ) -> ApplyResult:
+        """Create or refresh a host's capacities, ratios and GPU inventory (usage is left alone).
+
+        A `host.capacity` event passes its `version` and `mark`: a redelivery is a duplicate and an older
+        snapshot delivered late is stale, as for every other entity.
+        """
         if not host_id or len(host_id) > 255:
             raise InvalidRequest("host id must be 1 to 255 characters", field="host")
         for resource in ResourceType:
@@ -325,12 +332,18 @@ class Ledger:
                     f"oversubscription ratio for {resource.value} must be greater than 0, got {ratio}",
                     field="oversub_ratio",
                 )
-        with self._locked(host_id, create=True) as (conn, _):
+        with self._locked(host_id, create=True) as (conn, host):
+            if self._seen(conn, mark):
+                return ApplyResult("duplicate", host_id, version or 0)
+            if version is not None and host.reported_version is not None and version <= host.reported_version:
+                self._mark(conn, mark, host_id, host_id, version, "stale")
+                return ApplyResult("stale", host_id, version)
             now = self.clock()
             conn.execute(
                 update(hosts)
                 .where(hosts.c.host_id == host_id)
                 .values(
+                    reported_version=version if version is not None else host.reported_version,
                     gpu_status=json.dumps(gpu.to_dict()) if gpu else None,
                     gpu_total=gpu.total_slots if gpu else 0,
                     gpu_busy=gpu.used_slots if gpu else 0,
@@ -356,6 +369,8 @@ class Ledger:
                     }
                 )
             conn.execute(insert(capacities), rows)
+            self._mark(conn, mark, host_id, host_id, version or 0, "applied")
+            return ApplyResult("applied", host_id, version or 0)
 
     def set_ratio(self, host_id: str, resource: ResourceType, ratio: float) -> None:
         """Change one oversubscription ratio; the effective limit follows."""

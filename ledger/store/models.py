@@ -78,6 +78,8 @@ class Host(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Bumped whenever capacities or ratios change, so processes may cache them between transactions.
     capacity_version: Mapped[int] = mapped_column(Integer, default=0)
+    # The version of the last host.capacity event applied (None when registered locally).
+    reported_version: Mapped[int | None] = mapped_column(BigInteger)
     # No held reservation expires before this (a lower bound): admission skips the expiry sweep until then.
     next_expiry: Mapped[datetime | None] = mapped_column(UTCDateTime())
     gpu_status: Mapped[str | None] = mapped_column(Text)  # discovery's GPUStatus as JSON

@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.Column("capacity_version", sa.Integer(), nullable=False),
+        sa.Column("reported_version", sa.BigInteger(), nullable=True),
         sa.Column("next_expiry", sa.DateTime(), nullable=True),
         sa.Column("gpu_status", sa.Text(), nullable=True),
         sa.Column("gpu_total", sa.Integer(), nullable=False),

@@ -212,6 +212,18 @@ def test_host_capacity_registers_a_remote_host(ledger: Ledger, host_id: str) -> 
     assert status.gpu is not None and status.gpu["total_slots"] == 1
 
 
+def test_a_late_older_host_capacity_snapshot_is_stale_and_a_redelivery_a_duplicate(
+    ledger: Ledger, host_id: str
+) -> None:
+    newer = make_event("host.capacity", host_id, {**CAPACITY, "ratios": {"cpu": 8.0}}, 5)
+    older = make_event("host.capacity", host_id, {**CAPACITY, "ratios": {"cpu": 2.0}}, 4)
+
+    assert deliver(ledger, newer).outcome == "applied"
+    assert deliver(ledger, newer).outcome == "duplicate"
+    assert deliver(ledger, older).outcome == "stale"
+    assert ledger.status(host_id, ResourceType.CPU).oversub_ratio == 8.0
+
+
 def test_records_for_an_unregistered_host_are_still_counted(ledger: Ledger, host_id: str) -> None:
     deliver(ledger, make_event("image.pulled", host_id, {"id": "i", "size_bytes": GB}, 1))
 
