@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ledger import __version__
-from ledger.cli import config_cmd, db, discover, host, reserve, status
+from ledger.cli import config_cmd, db, discover, events, host, reserve, status
 from ledger.cli.common import (
     EXIT_NOT_FOUND,
     EXIT_REFUSED,
@@ -29,7 +29,9 @@ from ledger.core.errors import (
     UnknownHost,
 )
 
-Register = Callable[[Any], argparse.ArgumentParser]
+# A command registers itself and returns the parser(s) that take arguments: with nested actions, the leaves
+# (argparse lets a subparser's defaults overwrite its parent's values, so shared flags go on leaves only).
+Register = Callable[[Any], argparse.ArgumentParser | list[argparse.ArgumentParser]]
 COMMANDS: tuple[Register, ...] = (
     config_cmd.register,
     discover.register,
@@ -37,6 +39,7 @@ COMMANDS: tuple[Register, ...] = (
     status.register,
     reserve.register_validate,
     reserve.register_release,
+    events.register,
     db.register,
 )
 
@@ -51,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
     subcommands.required = True
     for register in COMMANDS:
-        command = register(subcommands)
-        add_common_flags(command)
+        registered = register(subcommands)
+        for command in registered if isinstance(registered, list) else [registered]:
+            add_common_flags(command)
     return parser
 
 

@@ -8,10 +8,11 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, func, insert, select, union_all, update
 
-from ledger.store.models import DeadLetter, ProcessedEvent, utcnow
+from ledger.store.models import ConsumerPosition, DeadLetter, ProcessedEvent, utcnow
 
 dead_letters = cast(Table, DeadLetter.__table__)
 processed_events = cast(Table, ProcessedEvent.__table__)
+positions = cast(Table, ConsumerPosition.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +84,26 @@ def mark_replayed(conn: Connection, dead_letter_id: int) -> None:
     conn.execute(update(dead_letters).where(dead_letters.c.id == dead_letter_id).values(replayed_at=utcnow()))
 
 
-def last_stream_seq(conn: Connection) -> int:
-    """The highest stream sequence the database has recorded as handled (applied, stale, or dead-lettered)."""
+def last_stream_seq(conn: Connection, consumer: str) -> int:
+    """The highest stream sequence the database has recorded as handled by `consumer`."""
     seqs = union_all(
+        select(positions.c.stream_seq.label("seq")).where(positions.c.consumer == consumer),
         select(func.max(processed_events.c.stream_seq).label("seq")),
         select(func.max(dead_letters.c.stream_seq).label("seq")),
     ).subquery()
     return int(conn.execute(select(func.coalesce(func.max(seqs.c.seq), 0))).scalar_one())
+
+
+def advance(conn: Connection, consumer: str, stream_seq: int) -> None:
+    """Record that `consumer` has handled everything it was given up to `stream_seq` (never moves back)."""
+    updated = conn.execute(
+        update(positions)
+        .where(positions.c.consumer == consumer, positions.c.stream_seq < stream_seq)
+        .values(stream_seq=stream_seq, updated_at=utcnow())
+    )
+    if updated.rowcount == 0:
+        exists = conn.execute(select(positions.c.consumer).where(positions.c.consumer == consumer)).first()
+        if exists is None:
+            conn.execute(
+                insert(positions), {"consumer": consumer, "stream_seq": stream_seq, "updated_at": utcnow()}
+            )

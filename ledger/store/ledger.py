@@ -29,6 +29,8 @@ from ledger.core.errors import Conflict, InvalidRequest, NotFound, Unavailable, 
 from ledger.core.gpu import GPUStatus
 from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
 from ledger.core.resources import Capacity, ResourceType, Source
+from ledger.store import deadletters
+from ledger.store.deadletters import DeadLetterRecord
 from ledger.store.engine import is_sqlite, make_engine
 from ledger.store.migrate import ensure_schema
 from ledger.store.models import (
@@ -998,6 +1000,47 @@ class Ledger:
             "image_storage_bytes": current,
             "max_image_storage_bytes": maximum,
         }
+
+    # ---- the event journal: dead letters and the consumer's position ----------------------------
+
+    def dead_letter(
+        self,
+        *,
+        payload: bytes,
+        reason: str,
+        subject: str = "",
+        stream_seq: int | None = None,
+        host_id: str | None = None,
+    ) -> int:
+        """Keep an event that cannot be applied, with the reason (joins the current batch, if any)."""
+        with self._transaction() as conn:
+            return deadletters.record(
+                conn, payload=payload, reason=reason, subject=subject, stream_seq=stream_seq, host_id=host_id
+            )
+
+    def dead_letters(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetterRecord]:
+        with self.engine.connect() as conn:
+            return deadletters.listing(conn, include_replayed=include_replayed, limit=limit)
+
+    def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord:
+        with self.engine.connect() as conn:
+            found = deadletters.get(conn, dead_letter_id)
+        if found is None:
+            raise NotFound(f"no dead letter {dead_letter_id}", dead_letter_id=dead_letter_id)
+        return found
+
+    def mark_replayed(self, dead_letter_id: int) -> None:
+        with self._transaction() as conn:
+            deadletters.mark_replayed(conn, dead_letter_id)
+
+    def stream_position(self, consumer: str) -> int:
+        """The last stream sequence this database has handled for `consumer` (0 if none)."""
+        with self.engine.connect() as conn:
+            return deadletters.last_stream_seq(conn, consumer)
+
+    def advance_position(self, consumer: str, stream_seq: int) -> None:
+        with self._transaction() as conn:
+            deadletters.advance(conn, consumer, stream_seq)
 
     # ---- audit --------------------------------------------------------------------------------
 

@@ -268,3 +268,16 @@ class DeadLetter(Base):
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ConsumerPosition(Base):
+    """How far an event consumer has got in its stream, written in the transaction that applied the events.
+
+    Not per host (one durable consumer feeds every host), so it has no host_id.
+    """
+
+    __tablename__ = "consumer_positions"
+
+    consumer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    stream_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,226 @@
+"""The event consumer: fetch a batch, apply it in one transaction that also records each event id and the
+stream position, then ack. Poison events are dead-lettered and terminated; database trouble naks with a delay.
+
+Nothing is acked before it is committed, so a crash at any point loses nothing (the server redelivers) and
+doubles nothing (a redelivered event id is already recorded as processed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+from ledger.bus.jetstream import DURABLE, STREAM, ensure_consumer, ensure_stream, stream_config
+from ledger.core.errors import LedgerError, Unavailable
+from ledger.events.apply import apply_event
+from ledger.events.contract import Event, InvalidEvent, parse_event
+from ledger.store.ledger import Ledger
+
+log = logging.getLogger("ledger.events")
+
+APPLIED_SUBJECT = "ledger.applied"  # outcomes are announced here (core NATS) for `ledger events tail`
+DEAD_LETTERED = "dead_letter"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one delivered message."""
+
+    stream_seq: int
+    subject: str
+    outcome: str  # applied | stale | duplicate | dead_letter
+    event_id: str | None = None
+    event_type: str | None = None
+    host: str | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in {
+                "stream_seq": self.stream_seq,
+                "subject": self.subject,
+                "outcome": self.outcome,
+                "event_id": self.event_id,
+                "type": self.event_type,
+                "host": self.host,
+                "reason": self.reason,
+            }.items()
+            if v is not None
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    msg: Msg
+    seq: int
+    event: Event | None
+    error: str | None
+
+
+def _host_from_subject(subject: str) -> str | None:
+    parts = subject.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["ledger", "events"] else None
+
+
+class EventConsumer:
+    """One durable pull consumer feeding one ledger; several replicas may share the durable."""
+
+    def __init__(
+        self,
+        nc: Client,
+        ledger: Ledger,
+        *,
+        stream: str = STREAM,
+        durable: str = DURABLE,
+        batch_size: int = 128,
+        fetch_timeout: float = 1.0,
+        nak_delay: float = 1.0,
+        announce: bool = True,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.ledger = ledger
+        self.stream = stream
+        self.durable = durable
+        self.batch_size = batch_size
+        self.fetch_timeout = fetch_timeout
+        self.nak_delay = nak_delay
+        self.announce = announce
+        self.on_outcome = on_outcome
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self.handled = 0
+
+    async def start(self) -> None:
+        """Ensure the stream and the consumer (rewound to the database's position if it is behind)."""
+        await ensure_stream(self.js, stream_config(self.stream))
+        position = await asyncio.to_thread(self.ledger.stream_position, self.durable)
+        await ensure_consumer(self.js, self.stream, self.durable, position)
+        self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and apply until `stop` is set; the batch in hand is finished (applied and acked) first."""
+        if self._sub is None:
+            await self.start()
+        assert self._sub is not None
+        while not stop.is_set():
+            try:
+                msgs = await self._sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+            except NatsTimeoutError:
+                continue
+            except Exception as exc:  # disconnected, server restarting: nats-py reconnects by itself
+                log.warning("fetch failed (%s); retrying", exc or type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            if msgs:
+                await self.process(msgs)
+
+    async def process(self, msgs: list[Msg]) -> list[Outcome]:
+        deliveries = [self._parse(msg) for msg in msgs]
+        try:
+            outcomes = await asyncio.to_thread(self._apply_batch, deliveries)
+        except Unavailable as exc:
+            log.warning("database unavailable (%s): %d events will be redelivered", exc.message, len(msgs))
+            await asyncio.gather(*(self._settle(m.nak, delay=self.nak_delay) for m in msgs))
+            return []
+        except Exception as exc:  # one bad event spoils the batch: apply them one by one to find it
+            log.info("batch failed (%s); applying its %d events one by one", exc, len(msgs))
+            outcomes = []
+            for delivery in deliveries:
+                try:
+                    outcomes.append(await asyncio.to_thread(self._apply_one, delivery))
+                except Unavailable as exc2:
+                    log.warning(
+                        "database unavailable (%s): event %d will be redelivered", exc2.message, delivery.seq
+                    )
+                    await self._settle(delivery.msg.nak, delay=self.nak_delay)
+                    outcomes.append(Outcome(delivery.seq, delivery.msg.subject, "retry"))
+        for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            if outcome.outcome == "retry":
+                continue
+            if outcome.outcome == DEAD_LETTERED:
+                await self._settle(delivery.msg.term)
+            else:
+                await self._settle(delivery.msg.ack)
+            await self._report(outcome)
+        self.handled += len(outcomes)
+        return outcomes
+
+    @staticmethod
+    async def _settle(action: Callable[..., Any], **kwargs: Any) -> None:
+        try:
+            await action(**kwargs)
+        except Exception as exc:  # the connection dropped: the server redelivers, and the ledger dedupes
+            log.warning("could not acknowledge (%s); the event will be redelivered and deduplicated", exc)
+
+    async def _report(self, outcome: Outcome) -> None:
+        if outcome.outcome == DEAD_LETTERED:
+            log.warning(
+                "dead-lettered stream seq %d (%s): %s", outcome.stream_seq, outcome.subject, outcome.reason
+            )
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        if self.announce:
+            subject = f"{APPLIED_SUBJECT}.{outcome.host or '_'}"
+            try:
+                await self.nc.publish(subject, json.dumps(outcome.to_dict()).encode())
+            except Exception as exc:
+                log.debug("could not announce outcome: %s", exc)
+
+    @staticmethod
+    def _parse(msg: Msg) -> _Delivery:
+        seq = msg.metadata.sequence.stream
+        try:
+            return _Delivery(msg, seq, parse_event(msg.data, msg.subject), None)
+        except InvalidEvent as exc:
+            return _Delivery(msg, seq, None, exc.reason)
+
+    def _apply_batch(self, deliveries: list[_Delivery]) -> list[Outcome]:
+        """Every delivery in one transaction, with the stream position; raises if any one fails."""
+        with self.ledger.batch():
+            outcomes = [self._handle(d) for d in deliveries]
+            self.ledger.advance_position(self.durable, max(d.seq for d in deliveries))
+        return outcomes
+
+    def _apply_one(self, delivery: _Delivery) -> Outcome:
+        """One delivery on its own; an event the ledger refuses is dead-lettered with why. (Not in a batch,
+        so a concurrent redelivery that recorded the event id first reads as a duplicate, not an error.)"""
+        try:
+            outcome = self._handle(delivery)
+        except Unavailable:
+            raise
+        except LedgerError as exc:
+            outcome = self._handle(_Delivery(delivery.msg, delivery.seq, None, f"{exc.code}: {exc.message}"))
+        except Exception as exc:  # the database refused it (e.g. a value its column cannot hold)
+            detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+            reason = f"the database refused the event: {type(exc).__name__}: {detail}"
+            outcome = self._handle(_Delivery(delivery.msg, delivery.seq, None, reason))
+        self.ledger.advance_position(self.durable, delivery.seq)
+        return outcome
+
+    def _handle(self, delivery: _Delivery) -> Outcome:
+        subject = delivery.msg.subject
+        if delivery.event is None:
+            self.ledger.dead_letter(
+                payload=delivery.msg.data,
+                reason=delivery.error or "invalid event",
+                subject=subject,
+                stream_seq=delivery.seq,
+                host_id=_host_from_subject(subject),
+            )
+            return Outcome(
+                delivery.seq, subject, DEAD_LETTERED, host=_host_from_subject(subject), reason=delivery.error
+            )
+        event = delivery.event
+        result = apply_event(self.ledger, event, delivery.seq)
+        return Outcome(delivery.seq, subject, result.outcome, event.id, event.type, event.host)

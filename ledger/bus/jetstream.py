@@ -1,0 +1,97 @@
+"""The events stream and its durable consumer: created or updated explicitly, never silently kept stale."""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+log = logging.getLogger("ledger.events")
+
+STREAM = "LEDGER_EVENTS"
+SUBJECTS = ["ledger.events.>"]
+DURABLE = "ledger"
+DUPLICATE_WINDOW_S = 120.0
+ACK_WAIT_S = 60.0
+MAX_MSG_BYTES = 1024 * 1024
+
+
+def stream_config(name: str = STREAM, subjects: list[str] | None = None) -> StreamConfig:
+    """File storage, limits retention, a duplicate window; `discard=new` so a full stream refuses
+    publishes (the publisher sees it) rather than dropping events the ledger has not applied."""
+    return StreamConfig(
+        name=name,
+        subjects=subjects or SUBJECTS,
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_msg_size=MAX_MSG_BYTES,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or update it when it exists (add_stream with a changed config fails)."""
+    try:
+        await js.stream_info(config.name or STREAM)
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("created stream %s", config.name)
+        return
+    await js.update_stream(config)
+
+
+def consumer_config(durable: str, start_seq: int | None = None) -> ConsumerConfig:
+    """Explicit acks (after the database commit); unlimited redelivery for transient failures (poison
+    events are terminated by the consumer, never retried forever)."""
+    config = ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_S,
+        max_deliver=-1,
+        max_ack_pending=20_000,
+    )
+    if start_seq is not None:
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = start_seq
+    else:
+        config.deliver_policy = DeliverPolicy.ALL
+    return config
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, durable: str, db_position: int) -> None:
+    """Create or update the durable consumer, and rewind it to the database's position if the server
+    acknowledged events whose commits the database lost (SQLite, synchronous=NORMAL, a power cut)."""
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        start = db_position + 1 if db_position > 0 else None
+        await js.add_consumer(stream, consumer_config(durable, start))
+        log.info("created consumer %s on %s from %s", durable, stream, start or "the start")
+        return
+    acked = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+    if acked > db_position:
+        log.warning(
+            "consumer %s acknowledged up to %d but the database has only %d: replaying from %d",
+            durable,
+            acked,
+            db_position,
+            db_position + 1,
+        )
+        await js.delete_consumer(stream, durable)
+        await js.add_consumer(stream, consumer_config(durable, db_position + 1))
+        return
+    current = info.config
+    wanted = consumer_config(durable)
+    wanted.deliver_policy, wanted.opt_start_seq = current.deliver_policy, current.opt_start_seq
+    await js.add_consumer(stream, wanted)  # same name: the server updates the mutable fields

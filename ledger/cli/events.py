@@ -1,0 +1,178 @@
+"""`ledger events`: publish lifecycle events, run the consumer, watch what is applied, handle dead letters."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from ledger.bus.connect import connect
+from ledger.bus.consumer import APPLIED_SUBJECT, EventConsumer
+from ledger.bus.jetstream import ensure_stream, stream_config
+from ledger.bus.publisher import publish_event
+from ledger.cli.common import EXIT_OK, EXIT_USAGE, error, print_json
+from ledger.config import Settings
+from ledger.core.errors import ConfigError, LedgerError
+from ledger.events.apply import apply_event
+from ledger.events.contract import InvalidEvent, parse_event
+from ledger.local import open_ledger
+
+
+def register(subcommands: Any) -> list[argparse.ArgumentParser]:
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        "events",
+        help="publish lifecycle events, consume them, tail what is applied, manage dead letters",
+        description="Lifecycle events on NATS JetStream (stream LEDGER_EVENTS, subjects "
+        "ledger.events.<host>.<kind>.<action>). See docs/events.md for the contract.",
+    )
+    actions = parser.add_subparsers(dest="events_action", metavar="ACTION")
+    actions.required = True
+
+    publish = actions.add_parser("publish", help="publish events from a JSON-lines file (or - for stdin)")
+    publish.add_argument("file", help="a file of event envelopes, one JSON object per line; - reads stdin")
+
+    consume = actions.add_parser("consume", help="run the event consumer (apply events to the database)")
+    consume.add_argument("--durable", default="ledger", help="durable consumer name (default: ledger)")
+    consume.add_argument("--batch", type=int, default=128, help="events fetched and committed together")
+
+    tail = actions.add_parser("tail", help="print what the consumer applies, live (one JSON object a line)")
+    tail.add_argument("--host", default="*", help="only this host's events")
+    tail.add_argument("--count", type=int, default=0, help="stop after this many (default: run until ^C)")
+
+    dead = actions.add_parser("dead-letters", help="list, show or replay events that could not be applied")
+    dead.add_argument("what", nargs="?", default="list", choices=["list", "show", "replay"])
+    dead.add_argument("id", nargs="?", type=int, help="dead letter id (show, replay)")
+    dead.add_argument("--all", action="store_true", help="list replayed ones too")
+    dead.add_argument("--payload", type=Path, help="replay this corrected payload instead of the stored one")
+    dead.add_argument("--json", action="store_true", help="print JSON")
+
+    for sub in (publish, consume, tail, dead):
+        sub.set_defaults(handler=run)
+    return [publish, consume, tail, dead]
+
+
+def _nats_url(settings: Settings) -> str:
+    if not settings.nats_url:
+        raise ConfigError(
+            "this command needs a NATS server: pass --nats-url or set LEDGER_NATS_URL "
+            "(`ledger serve` prints the URL of its embedded server)",
+            setting="nats_url",
+        )
+    return settings.nats_url
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    action = args.events_action
+    if action == "dead-letters":
+        return _dead_letters(args, settings)
+    if action == "publish":
+        return asyncio.run(_publish(args.file, settings))
+    if action == "consume":
+        return asyncio.run(_consume(args, settings))
+    return asyncio.run(_tail(args, settings))
+
+
+async def _publish(path: str, settings: Settings) -> int:
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    nc = await connect(_nats_url(settings), settings, name="ledger-publish", reconnect_forever=False)
+    published = duplicates = 0
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, stream_config())
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                envelope = json.loads(line)
+                ack = await publish_event(js, envelope)
+            except (json.JSONDecodeError, InvalidEvent) as exc:
+                error(f"{path}:{number}: {exc}")
+                return EXIT_USAGE
+            published += 1
+            duplicates += 1 if ack.duplicate else 0
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+        await nc.drain()
+    print(f"published {published} events" + (f" ({duplicates} already in the stream)" if duplicates else ""))
+    return EXIT_OK
+
+
+async def _consume(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = open_ledger(settings)
+    nc = await connect(_nats_url(settings), settings, name="ledger-consumer")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    consumer = EventConsumer(nc, ledger, durable=args.durable, batch_size=args.batch)
+    try:
+        await consumer.start()
+        print(f"consuming events into {settings.database_url}", flush=True)
+        await consumer.run(stop)
+    finally:
+        await nc.drain()
+        ledger.close()
+    return EXIT_OK
+
+
+async def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    nc = await connect(_nats_url(settings), settings, name="ledger-tail", reconnect_forever=False)
+    done = asyncio.Event()
+    seen = 0
+
+    async def show(msg: Any) -> None:
+        nonlocal seen
+        print(msg.data.decode(), flush=True)
+        seen += 1
+        if args.count and seen >= args.count:
+            done.set()
+
+    host = args.host if args.host != "*" else "*"
+    await nc.subscribe(f"{APPLIED_SUBJECT}.{host}", cb=show)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    await nc.drain()
+    return EXIT_OK
+
+
+def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = open_ledger(settings)
+    try:
+        if args.what == "list":
+            letters = ledger.dead_letters(include_replayed=args.all)
+            if args.json:
+                print_json([d.to_dict() for d in letters])
+            elif not letters:
+                print("no dead letters")
+            for d in [] if args.json else letters:
+                replayed = " (replayed)" if d.replayed_at else ""
+                print(f"{d.id:>6}  seq {d.stream_seq}  {d.subject}  {d.reason}{replayed}")
+            return EXIT_OK
+        if args.id is None:
+            error(f"dead-letters {args.what} needs an id (see `ledger events dead-letters list`)")
+            return EXIT_USAGE
+        letter = ledger.get_dead_letter(args.id)
+        if args.what == "show":
+            print_json(letter.to_dict(with_payload=True))
+            return EXIT_OK
+        payload = args.payload.read_bytes() if args.payload else letter.payload
+        try:
+            event = parse_event(payload, letter.subject or None)
+            result = apply_event(ledger, event, None)
+        except LedgerError as exc:
+            error(f"dead letter {letter.id} still cannot be applied: {exc.message}")
+            return EXIT_USAGE
+        ledger.mark_replayed(letter.id)
+        print(
+            f"dead letter {letter.id}: {result.outcome} ({event.type} {result.entity_id} v{result.version})"
+        )
+        return EXIT_OK
+    finally:
+        ledger.close()
