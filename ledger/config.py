@@ -74,6 +74,13 @@ def _count(value: Raw) -> int:
     return number
 
 
+def _port(value: Raw) -> int:
+    number = _count(value)
+    if number > 65535:
+        raise ValueError("must be at most 65535")
+    return number
+
+
 def _size(value: Raw) -> int:
     return _count(value) if isinstance(value, int) else parse_size(str(value))
 
@@ -165,6 +172,13 @@ SETTINGS: tuple[Setting, ...] = (
         "a NATS server to join (default: start an embedded one)",
     ),
     Setting("host_id", ("LEDGER_HOST_ID",), _text, "a non-empty name", "this host's id (default: hostname)"),
+    Setting(
+        "nats_port",
+        ("LEDGER_NATS_PORT",),
+        _port,
+        "a TCP port from 1 to 65535",
+        "port for the embedded NATS server (default: any free port, written to serve.json in the data dir)",
+    ),
     *(_ratio_setting(r) for r in ResourceType),
     Setting("cpu_limit", ("CPU_LIMIT",), _count, "a whole number of vCPUs", "vCPU capacity override"),
     Setting("memory_limit", ("MEMORY_LIMIT",), _size, SIZE_FORMS, "memory capacity override"),
@@ -254,6 +268,7 @@ class Settings:
     database_url: str
     nats_url: str | None
     host_id: str
+    nats_port: int | None = None
     oversub_cpu: float = DEFAULT_RATIOS[ResourceType.CPU]
     oversub_memory: float = DEFAULT_RATIOS[ResourceType.MEMORY]
     oversub_disk: float = DEFAULT_RATIOS[ResourceType.DISK]

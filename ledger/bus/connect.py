@@ -19,8 +19,12 @@ async def _on_error(exc: Exception) -> None:
     log.warning("nats: %s", exc)
 
 
+async def _quiet(exc: Exception) -> None:
+    log.debug("nats: %s", exc)
+
+
 async def _on_disconnected() -> None:
-    log.info("nats: disconnected")  # also fires on a normal close; reconnects are logged when they happen
+    log.debug("nats: disconnected")  # also fires on a normal close; reconnects are logged when they happen
 
 
 async def _on_reconnected() -> None:
@@ -67,10 +71,11 @@ async def connect(
             servers=servers,
             name=name,
             connect_timeout=connect_timeout,
-            max_reconnect_attempts=-1 if reconnect_forever else 0,
+            # nats-py reads 0 as "no limit": a one-shot caller needs 1 to fail fast.
+            max_reconnect_attempts=-1 if reconnect_forever else 1,
             allow_reconnect=reconnect_forever,
             reconnect_time_wait=0.5,
-            error_cb=_on_error,
+            error_cb=_on_error if reconnect_forever else _quiet,
             disconnected_cb=_on_disconnected,
             reconnected_cb=_on_reconnected,
             **connect_options(settings),

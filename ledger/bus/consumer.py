@@ -8,6 +8,7 @@ doubles nothing (a redelivered event id is already recorded as processed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -108,6 +109,13 @@ class EventConsumer:
         await ensure_consumer(self.js, self.stream, self.durable, position)
         self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
 
+    async def close(self) -> None:
+        """Unsubscribe (a pull subscription left open makes a connection drain wait out its timeout)."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and apply until `stop` is set; the batch in hand is finished (applied and acked) first."""
         if self._sub is None:
@@ -119,7 +127,7 @@ class EventConsumer:
             except NatsTimeoutError:
                 continue
             except Exception as exc:  # disconnected, server restarting: nats-py reconnects by itself
-                log.warning("fetch failed (%s); retrying", exc or type(exc).__name__)
+                log.warning("fetch failed (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(0.5)
                 continue
             if msgs:

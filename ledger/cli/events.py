@@ -20,6 +20,7 @@ from ledger.core.errors import ConfigError, LedgerError
 from ledger.events.apply import apply_event
 from ledger.events.contract import InvalidEvent, parse_event
 from ledger.local import open_ledger
+from ledger.serve import running_nats_url
 
 
 def register(subcommands: Any) -> list[argparse.ArgumentParser]:
@@ -56,13 +57,14 @@ def register(subcommands: Any) -> list[argparse.ArgumentParser]:
 
 
 def _nats_url(settings: Settings) -> str:
-    if not settings.nats_url:
+    url = settings.nats_url or running_nats_url(settings)
+    if not url:
         raise ConfigError(
-            "this command needs a NATS server: pass --nats-url or set LEDGER_NATS_URL "
-            "(`ledger serve` prints the URL of its embedded server)",
+            "this command needs a NATS server: start `ledger serve` on this data dir, "
+            "or pass --nats-url / set LEDGER_NATS_URL",
             setting="nats_url",
         )
-    return settings.nats_url
+    return url
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -97,7 +99,8 @@ async def _publish(path: str, settings: Settings) -> int:
     finally:
         if stream is not sys.stdin:
             stream.close()
-        await nc.drain()
+        await nc.flush()
+        await nc.close()
     print(f"published {published} events" + (f" ({duplicates} already in the stream)" if duplicates else ""))
     return EXIT_OK
 
@@ -115,7 +118,8 @@ async def _consume(args: argparse.Namespace, settings: Settings) -> int:
         print(f"consuming events into {settings.database_url}", flush=True)
         await consumer.run(stop)
     finally:
-        await nc.drain()
+        await consumer.close()
+        await nc.close()
         ledger.close()
     return EXIT_OK
 
@@ -127,6 +131,8 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
 
     async def show(msg: Any) -> None:
         nonlocal seen
+        if args.count and seen >= args.count:
+            return  # drain still delivers what was in flight
         print(msg.data.decode(), flush=True)
         seen += 1
         if args.count and seen >= args.count:
@@ -138,7 +144,7 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
     await done.wait()
-    await nc.drain()
+    await nc.close()
     return EXIT_OK
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ledger import __version__
-from ledger.cli import config_cmd, db, discover, events, host, reserve, status
+from ledger.cli import config_cmd, db, discover, events, host, reserve, serve, status
 from ledger.cli.common import (
     EXIT_NOT_FOUND,
     EXIT_REFUSED,
@@ -33,6 +33,7 @@ from ledger.core.errors import (
 # (argparse lets a subparser's defaults overwrite its parent's values, so shared flags go on leaves only).
 Register = Callable[[Any], argparse.ArgumentParser | list[argparse.ArgumentParser]]
 COMMANDS: tuple[Register, ...] = (
+    serve.register,
     config_cmd.register,
     discover.register,
     host.register,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from typing import Any
 
 from ledger.cli.common import EXIT_OK, print_json
+from ledger.cli.remote import via_service
 from ledger.config import Settings
 from ledger.core.capacity import AllocationRequest
 from ledger.core.units import UnitError, parse_bandwidth, parse_size
@@ -42,7 +44,8 @@ def register_validate(subcommands: Any) -> argparse.ArgumentParser:
         help="check that an instance fits and reserve it (prints the reservation id)",
         description="Check every requested resource against what is left and hold it in one transaction. "
         "Prints the reservation id; a refusal prints the reason on stderr and exits 3. The hold lasts "
-        "--ttl seconds unless an instance event consumes it or `ledger release` gives it back.",
+        "--ttl seconds unless an instance event consumes it or `ledger release` gives it back. Uses the "
+        "database directly, or the running service when --nats-url is given.",
     )
     parser.add_argument("--vcpus", type=_vcpus, required=True, help="vCPUs")
     parser.add_argument("--memory", type=_size, default=0, help="memory size, e.g. 8GiB")
@@ -75,16 +78,20 @@ def run_validate(args: argparse.Namespace, settings: Settings) -> int:
         needs_gpu=args.gpu,
         gpu_profile=args.gpu_profile,
     )
-    ledger = open_ledger(settings)
-    try:
-        host = ensure_host(ledger, settings, args.host)
-        grant = ledger.reserve(host, request, idempotency_key=args.key, ttl=args.ttl)
-    finally:
-        ledger.close()
-    if args.json:
-        print_json(grant.to_dict())
+    if settings.nats_url:
+        body = {**asdict(request), "host": args.host, "idempotency_key": args.key, "ttl_seconds": args.ttl}
+        grant = {"ok": True, **via_service(settings, lambda client: client.call("validate", body))}
     else:
-        print(grant.reservation_id)
+        ledger = open_ledger(settings)
+        try:
+            host = ensure_host(ledger, settings, args.host)
+            grant = ledger.reserve(host, request, idempotency_key=args.key, ttl=args.ttl).to_dict()
+        finally:
+            ledger.close()
+    if args.json:
+        print_json(grant)
+    else:
+        print(grant["reservation_id"])
     return EXIT_OK
 
 
@@ -101,13 +108,16 @@ def register_release(subcommands: Any) -> argparse.ArgumentParser:
 
 
 def run_release(args: argparse.Namespace, settings: Settings) -> int:
-    ledger = open_ledger(settings)
-    try:
-        info = ledger.release(args.reservation_id)
-    finally:
-        ledger.close()
-    if args.json:
-        print_json(info.to_dict())
+    if settings.nats_url:
+        info = via_service(settings, lambda client: client.release(args.reservation_id))
     else:
-        print(f"{info.reservation_id} {info.status}")
+        ledger = open_ledger(settings)
+        try:
+            info = ledger.release(args.reservation_id).to_dict()
+        finally:
+            ledger.close()
+    if args.json:
+        print_json(info)
+    else:
+        print(f"{info['reservation_id']} {info['status']}")
     return EXIT_OK

@@ -9,6 +9,7 @@ host's running totals in the same transaction, so a reservation turning into an 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -182,6 +183,11 @@ class Ledger:
         self._select_capacities = select(capacities).where(capacities.c.host_id == bindparam("host_id"))
         self._capacity_cache: dict[str, tuple[int, dict[str, Row[Any]]]] = {}
         self._batch = threading.local()
+        # SQLite has one writer at a time: threads of this process queue on a lock instead of spinning in
+        # SQLite's busy handler (which sleeps in steps of up to 100 ms); other processes still wait there.
+        self._writer: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self._sqlite else contextlib.nullcontext()
+        )
         self._insert_reservation = insert(reservations)
         self._insert_log = insert(allocation_log)
 
@@ -209,7 +215,7 @@ class Ledger:
             yield batch
             return
         try:
-            with self.engine.begin() as conn:
+            with self._writer, self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
             raise Unavailable(f"database unavailable: {str(exc.orig).strip()}") from exc
@@ -223,7 +229,7 @@ class Ledger:
         if getattr(self._batch, "conn", None) is not None:
             raise RuntimeError("batches do not nest")
         try:
-            with self.engine.begin() as conn:
+            with self._writer, self.engine.begin() as conn:
                 self._batch.conn = conn
                 try:
                     yield
@@ -398,17 +404,17 @@ class Ledger:
             )
 
     def host_ids(self) -> list[str]:
-        with self.engine.connect() as conn:
+        with self._transaction() as conn:
             return list(conn.execute(select(hosts.c.host_id).order_by(hosts.c.host_id)).scalars())
 
     def has_host(self, host_id: str) -> bool:
-        with self.engine.connect() as conn:
+        with self._transaction() as conn:
             found = conn.execute(select(hosts.c.host_id).where(hosts.c.host_id == host_id)).first()
             return found is not None
 
     def is_registered(self, host_id: str) -> bool:
         """Whether the host has capacities (a host row made by an early event has none yet)."""
-        with self.engine.connect() as conn:
+        with self._transaction() as conn:
             found = conn.execute(select(capacities.c.host_id).where(capacities.c.host_id == host_id)).first()
             return found is not None
 
@@ -646,14 +652,14 @@ class Ledger:
         return row
 
     def reservation(self, reservation_id: str) -> ReservationInfo:
-        with self.engine.connect() as conn:
+        with self._transaction() as conn:
             return _info(self._find_reservation(conn, reservation_id))
 
     def release(self, reservation_id: str) -> ReservationInfo:
         """Give a held reservation back; releasing one that already ended says how it ended."""
         if not isinstance(reservation_id, str) or not reservation_id:
             raise InvalidRequest("reservation_id must be a non-empty string", field="reservation_id")
-        with self.engine.connect() as conn:
+        with self._transaction() as conn:
             host_id = self._find_reservation(conn, reservation_id)["host_id"]
         with self._locked(host_id) as (conn, _):
             row = self._find_reservation(conn, reservation_id)
@@ -1019,11 +1025,11 @@ class Ledger:
             )
 
     def dead_letters(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetterRecord]:
-        with self.engine.connect() as conn:
+        with self._transaction() as conn:
             return deadletters.listing(conn, include_replayed=include_replayed, limit=limit)
 
     def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord:
-        with self.engine.connect() as conn:
+        with self._transaction() as conn:
             found = deadletters.get(conn, dead_letter_id)
         if found is None:
             raise NotFound(f"no dead letter {dead_letter_id}", dead_letter_id=dead_letter_id)
@@ -1035,7 +1041,7 @@ class Ledger:
 
     def stream_position(self, consumer: str) -> int:
         """The last stream sequence this database has handled for `consumer` (0 if none)."""
-        with self.engine.connect() as conn:
+        with self._transaction() as conn:
             return deadletters.last_stream_seq(conn, consumer)
 
     def advance_position(self, consumer: str, stream_seq: int) -> None:
@@ -1046,7 +1052,7 @@ class Ledger:
 
     def drift(self) -> list[dict[str, Any]]:
         """Rows where a running total differs from the recomputed sum; must always be empty."""
-        with self.engine.connect() as conn:
+        with self._transaction() as conn:
             rows = conn.execute(
                 text("SELECT host_id, total, stored, recomputed, drift FROM ledger_drift WHERE drift <> 0")
             )

@@ -23,6 +23,13 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_table(
+        "consumer_positions",
+        sa.Column("consumer", sa.String(length=255), nullable=False),
+        sa.Column("stream_seq", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("consumer", name=op.f("pk_consumer_positions")),
+    )
+    op.create_table(
         "dead_letters",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("host_id", sa.String(length=255), nullable=True),
@@ -255,3 +262,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_dead_letters_host_id"))
 
     op.drop_table("dead_letters")
+    op.drop_table("consumer_positions")

@@ -26,6 +26,7 @@ TABLES = {
     "oci_cache",
     "reservations",
     "allocation_log",
+    "consumer_positions",
     "processed_events",
     "dead_letters",
 }

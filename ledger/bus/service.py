@@ -1,0 +1,195 @@
+"""The `ledger` NATS micro service: request-reply endpoints under `ledger.v1.` over the one ledger core.
+
+The micro API awaits one handler at a time per endpoint, so each request is answered in its own task (up to
+`max_inflight` at once) and the database work runs in a thread pool; correctness comes from the database's
+locks, so several replicas in the queue group share the load safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from ledger import __version__
+from ledger.bus.protocol import (
+    ENDPOINTS,
+    HEADER_CODES,
+    PREFIX,
+    ValidateRequest,
+    ok,
+    parse_request,
+    refusal,
+    resource_field,
+)
+from ledger.core.errors import InvalidRequest, LedgerError
+from ledger.store.ledger import Ledger
+
+log = logging.getLogger("ledger.service")
+
+SERVICE_NAME = "ledger"
+QUEUE_GROUP = "ledger"
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class LedgerService:
+    """Answers validate, release, status, can_allocate, defaults, image_pull_check and hosts."""
+
+    def __init__(
+        self,
+        nc: Client,
+        ledger: Ledger,
+        *,
+        default_host: str | None,
+        max_image_storage: float = 0.2,
+        default_bandwidth_uses_ratio: bool = False,
+        disk_io_burst_multiplier: float = 4.0,
+        max_inflight: int = 256,
+        threads: int = 16,
+    ) -> None:
+        self.nc = nc
+        self.ledger = ledger
+        self.default_host = default_host
+        self.max_image_storage = max_image_storage
+        self.uses_ratio = default_bandwidth_uses_ratio
+        self.burst = disk_io_burst_multiplier
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ledger-db")
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._service: Service | None = None
+        self._handlers: dict[str, Handler] = {
+            "validate": self._validate,
+            "release": self._release,
+            "status": self._status,
+            "can_allocate": self._can_allocate,
+            "defaults": self._defaults,
+            "image_pull_check": self._image_pull_check,
+            "hosts": self._hosts,
+        }
+        assert set(self._handlers) == set(ENDPOINTS)
+
+    async def start(self) -> None:
+        self._service = await add_service(
+            self.nc,
+            name=SERVICE_NAME,
+            version=__version__,
+            description="Host-capacity ledger: validate (= reserve), release, status and checks",
+            queue_group=QUEUE_GROUP,
+        )
+        group = self._service.add_group(name=PREFIX, queue_group=QUEUE_GROUP)
+        for name in ENDPOINTS:
+            await group.add_endpoint(name=name, handler=self._accept(name))
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking requests, then let the ones in flight finish and answer."""
+        if self._service is not None:
+            await self._service.stop()
+            self._service = None
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=timeout)
+        self._pool.shutdown(wait=True)
+
+    def _accept(self, endpoint: str) -> Callable[[Request], Any]:
+        async def accept(request: Request) -> None:
+            await self._slots.acquire()  # back-pressure: beyond max_inflight, the subscription waits
+            task = asyncio.create_task(self._answer(endpoint, request))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+        return accept
+
+    async def _answer(self, endpoint: str, request: Request) -> None:
+        try:
+            try:
+                body = parse_request(endpoint, request.data)
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._pool, self._handlers[endpoint], body)
+                reply = ok(result)
+            except LedgerError as exc:
+                await self._refuse(request, exc)
+                return
+            except Exception:
+                log.exception("%s failed", endpoint)
+                await self._refuse(request, LedgerError("internal error; see the ledger service's log"))
+                return
+            with contextlib.suppress(Exception):  # the requester may have gone; nothing to undo
+                await request.respond(reply)
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    async def _refuse(request: Request, error: LedgerError) -> None:
+        with contextlib.suppress(Exception):
+            await request.respond_error(
+                HEADER_CODES.get(error.code, "500"),
+                error.message.replace("\n", " ")[:1024],
+                data=refusal(error),
+            )
+
+    def _host(self, body: dict[str, Any]) -> str:
+        host = body.get("host") or self.default_host
+        if not host:
+            raise InvalidRequest("host is required: this service serves more than one host", field="host")
+        return str(host)
+
+    # ---- endpoint bodies (run in the thread pool) ---------------------------------------------
+
+    def _validate(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = ValidateRequest.from_body(body)
+        grant = self.ledger.reserve(
+            self._host(body),
+            request.allocation,
+            idempotency_key=request.idempotency_key,
+            ttl=request.ttl_seconds,
+        )
+        data = grant.to_dict()
+        data.pop("ok")
+        return data
+
+    def _release(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.ledger.release(body["reservation_id"]).to_dict()
+
+    def _status(self, body: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(body)
+        resource = resource_field(body)
+        if resource is not None:
+            return {"host": host, **self.ledger.status(host, resource).to_dict()}
+        return self.ledger.full_status(host, with_allocations=body.get("allocations", True)).to_dict()
+
+    def _can_allocate(self, body: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(body)
+        resource = resource_field(body)
+        assert resource is not None
+        status = self.ledger.status(host, resource)
+        amount = body["amount"]
+        if amount < 0:
+            raise InvalidRequest(f"amount cannot be negative, got {amount}", field="amount")
+        return {
+            "host": host,
+            "resource": resource.value,
+            "can_allocate": amount <= status.available,
+            "available": status.available,
+        }
+
+    def _defaults(self, body: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(body)
+        values = self.ledger.default_bandwidth(
+            host, body["vcpus"], uses_ratio=self.uses_ratio, burst_multiplier=self.burst
+        )
+        return {"host": host, "vcpus": body["vcpus"], **values}
+
+    def _image_pull_check(self, body: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(body)
+        return {"host": host, **self.ledger.image_pull_check(host, self.max_image_storage)}
+
+    def _hosts(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"hosts": self.ledger.host_ids()}

@@ -1,0 +1,33 @@
+"""`ledger serve`: the main job."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from ledger import logs
+from ledger.config import Settings
+from ledger.serve import serve
+
+
+def register(subcommands: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        "serve",
+        help="run the ledger service: events consumer + NATS request-reply (the main job)",
+        description="Migrate the database, discover and register this host, apply lifecycle events from "
+        "JetStream and answer requests on ledger.v1.* (NATS micro service `ledger`). With no "
+        "configuration: SQLite in the data dir and an embedded NATS server on loopback. With "
+        "LEDGER_NATS_URL / LEDGER_DATABASE_URL it joins a real NATS and PostgreSQL. SIGTERM drains "
+        "and exits 0.",
+    )
+    parser.add_argument("--root", type=Path, default=Path("/"), help="read /proc and /sys under DIR")
+    parser.add_argument("--log-format", choices=["text", "json"], default=None, help="log line format")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    logs.configure(args.log_format or settings.log_format)
+    return asyncio.run(serve(settings, root=args.root))
