@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -95,6 +96,22 @@ def _text(value: Raw) -> str:
     return value.strip()
 
 
+_NOT_IN_SUBJECT_TOKEN = re.compile(r"[.*>\s]")
+
+
+def _host_id(value: Raw) -> str:
+    text = _text(value)
+    if len(text) > 255 or _NOT_IN_SUBJECT_TOKEN.search(text):
+        raise ValueError("is not a valid host id")
+    return text
+
+
+def default_host_id() -> str:
+    """The short hostname, made safe as a subject token (`web-1.example.com` → `web-1`)."""
+    short = socket.gethostname().split(".", 1)[0]
+    return _NOT_IN_SUBJECT_TOKEN.sub("-", short)[:255] or "localhost"
+
+
 def _path(value: Raw) -> Path:
     return Path(_text(value)).expanduser()
 
@@ -171,7 +188,13 @@ SETTINGS: tuple[Setting, ...] = (
         "nats://HOST:PORT (several separated by commas)",
         "a NATS server to join (default: start an embedded one)",
     ),
-    Setting("host_id", ("LEDGER_HOST_ID",), _text, "a non-empty name", "this host's id (default: hostname)"),
+    Setting(
+        "host_id",
+        ("LEDGER_HOST_ID",),
+        _host_id,
+        "1 to 255 characters without '.', '*', '>' or spaces (it is a NATS subject token)",
+        "this host's id (default: the short hostname)",
+    ),
     Setting(
         "nats_port",
         ("LEDGER_NATS_PORT",),
@@ -391,6 +414,6 @@ def load_settings(
     if values["database_url"] is None:
         values["database_url"] = f"sqlite:///{Path(values['data_dir']) / 'ledger.db'}"
     if values["host_id"] is None:
-        values["host_id"] = socket.gethostname()
+        values["host_id"] = default_host_id()
         sources["host_id"] = "default (hostname)"
     return Settings(**values, sources=sources)

@@ -105,7 +105,10 @@ class EventConsumer:
     async def start(self) -> None:
         """Ensure the stream and the consumer (rewound to the database's position if it is behind)."""
         await ensure_stream(self.js, stream_config(self.stream))
-        position = await asyncio.to_thread(self.ledger.stream_position, self.durable)
+        # Events the stream no longer holds (limits, purges) can never arrive: start the mark above them.
+        info = await self.js.stream_info(self.stream)
+        gone = max(0, (info.state.first_seq or 1) - 1)
+        position = await asyncio.to_thread(self.ledger.advance_position, self.durable, [], gone)
         await ensure_consumer(self.js, self.stream, self.durable, position)
         self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
 
@@ -197,7 +200,7 @@ class EventConsumer:
         """Every delivery in one transaction, with the stream position; raises if any one fails."""
         with self.ledger.batch():
             outcomes = [self._handle(d) for d in deliveries]
-            self.ledger.advance_position(self.durable, max(d.seq for d in deliveries))
+            self.ledger.advance_position(self.durable, [d.seq for d in deliveries])
         return outcomes
 
     def _apply_one(self, delivery: _Delivery) -> Outcome:
@@ -213,7 +216,7 @@ class EventConsumer:
             detail = str(exc).splitlines()[0][:300] if str(exc) else ""
             reason = f"the database refused the event: {type(exc).__name__}: {detail}"
             outcome = self._handle(_Delivery(delivery.msg, delivery.seq, None, reason))
-        self.ledger.advance_position(self.durable, delivery.seq)
+        self.ledger.advance_position(self.durable, [delivery.seq])
         return outcome
 
     def _handle(self, delivery: _Delivery) -> Outcome:

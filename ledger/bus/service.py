@@ -1,8 +1,10 @@
 """The `ledger` NATS micro service: request-reply endpoints under `ledger.v1.` over the one ledger core.
 
 The micro API awaits one handler at a time per endpoint, so each request is answered in its own task (up to
-`max_inflight` at once) and the database work runs in a thread pool; correctness comes from the database's
-locks, so several replicas in the queue group share the load safely.
+`max_inflight` at once) and the database work runs in a thread pool. Validates that arrive together are
+admitted in one transaction (group commit, in arrival order, each against what its predecessors left), so
+one commit serves many callers. Correctness comes from the database's locks, so several replicas in the
+queue group share the load safely.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ledger.bus.protocol import (
     refusal,
     resource_field,
 )
+from ledger.core.capacity import AllocationRequest
 from ledger.core.errors import InvalidRequest, LedgerError
 from ledger.store.ledger import Ledger
 
@@ -54,7 +57,8 @@ class LedgerService:
         default_bandwidth_uses_ratio: bool = False,
         disk_io_burst_multiplier: float = 4.0,
         max_inflight: int = 256,
-        threads: int = 16,
+        threads: int = 4,
+        max_group: int = 64,
     ) -> None:
         self.nc = nc
         self.ledger = ledger
@@ -66,6 +70,11 @@ class LedgerService:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ledger-db")
         self._inflight: set[asyncio.Task[None]] = set()
         self._service: Service | None = None
+        self.max_group = max_group
+        self._validates: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = (
+            asyncio.Queue()
+        )
+        self._admitter: asyncio.Task[None] | None = None
         self._handlers: dict[str, Handler] = {
             "validate": self._validate,
             "release": self._release,
@@ -78,6 +87,7 @@ class LedgerService:
         assert set(self._handlers) == set(ENDPOINTS)
 
     async def start(self) -> None:
+        self._admitter = asyncio.create_task(self._admit_groups())
         self._service = await add_service(
             self.nc,
             name=SERVICE_NAME,
@@ -96,7 +106,36 @@ class LedgerService:
             self._service = None
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=timeout)
+        if self._admitter is not None:
+            self._admitter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._admitter
         self._pool.shutdown(wait=True)
+
+    async def _admit_groups(self) -> None:
+        """Take every validate waiting (up to max_group) and admit them in one transaction."""
+        loop = asyncio.get_running_loop()
+        while True:
+            group = [await self._validates.get()]
+            while len(group) < self.max_group and not self._validates.empty():
+                group.append(self._validates.get_nowait())
+            try:
+                requests = [self._validate_args(body) for body, _ in group]
+                results = await loop.run_in_executor(self._pool, self.ledger.reserve_many, requests)
+            except Exception as exc:
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(group, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, LedgerError):
+                    future.set_exception(result)
+                else:
+                    data = result.to_dict()
+                    data.pop("ok")
+                    future.set_result(data)
 
     def _accept(self, endpoint: str) -> Callable[[Request], Any]:
         async def accept(request: Request) -> None:
@@ -112,7 +151,13 @@ class LedgerService:
             try:
                 body = parse_request(endpoint, request.data)
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._pool, self._handlers[endpoint], body)
+                if endpoint == "validate":
+                    ValidateRequest.from_body(body)  # refuse a malformed request before it joins a group
+                    future: asyncio.Future[dict[str, Any]] = loop.create_future()
+                    await self._validates.put((body, future))
+                    result = await future
+                else:
+                    result = await loop.run_in_executor(self._pool, self._handlers[endpoint], body)
                 reply = ok(result)
             except LedgerError as exc:
                 await self._refuse(request, exc)
@@ -143,15 +188,13 @@ class LedgerService:
 
     # ---- endpoint bodies (run in the thread pool) ---------------------------------------------
 
-    def _validate(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _validate_args(self, body: dict[str, Any]) -> tuple[str, AllocationRequest, str | None, float | None]:
         request = ValidateRequest.from_body(body)
-        grant = self.ledger.reserve(
-            self._host(body),
-            request.allocation,
-            idempotency_key=request.idempotency_key,
-            ttl=request.ttl_seconds,
-        )
-        data = grant.to_dict()
+        return self._host(body), request.allocation, request.idempotency_key, request.ttl_seconds
+
+    def _validate(self, body: dict[str, Any]) -> dict[str, Any]:
+        host, allocation, key, ttl = self._validate_args(body)
+        data = self.ledger.reserve(host, allocation, idempotency_key=key, ttl=ttl).to_dict()
         data.pop("ok")
         return data
 

@@ -35,6 +35,12 @@ def register(subcommands: Any) -> list[argparse.ArgumentParser]:
 
     publish = actions.add_parser("publish", help="publish events from a JSON-lines file (or - for stdin)")
     publish.add_argument("file", help="a file of event envelopes, one JSON object per line; - reads stdin")
+    publish.add_argument(
+        "--as-host",
+        metavar="HOST",
+        help="publish every event for HOST instead of the host in each line (event ids get HOST as a "
+        'prefix, so one file can feed several hosts), e.g. --as-host "$(hostname -s)"',
+    )
 
     consume = actions.add_parser("consume", help="run the event consumer (apply events to the database)")
     consume.add_argument("--durable", default="ledger", help="durable consumer name (default: ledger)")
@@ -72,13 +78,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if action == "dead-letters":
         return _dead_letters(args, settings)
     if action == "publish":
-        return asyncio.run(_publish(args.file, settings))
+        return asyncio.run(_publish(args.file, settings, args.as_host))
     if action == "consume":
         return asyncio.run(_consume(args, settings))
     return asyncio.run(_tail(args, settings))
 
 
-async def _publish(path: str, settings: Settings) -> int:
+async def _publish(path: str, settings: Settings, as_host: str | None) -> int:
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
     nc = await connect(_nats_url(settings), settings, name="ledger-publish", reconnect_forever=False)
     published = duplicates = 0
@@ -90,6 +96,8 @@ async def _publish(path: str, settings: Settings) -> int:
                 continue
             try:
                 envelope = json.loads(line)
+                if as_host is not None and isinstance(envelope, dict):
+                    envelope = {**envelope, "host": as_host, "id": f"{as_host}-{envelope.get('id')}"}
                 ack = await publish_event(js, envelope)
             except (json.JSONDecodeError, InvalidEvent) as exc:
                 error(f"{path}:{number}: {exc}")

@@ -59,6 +59,7 @@ UNITS: dict[ResourceType, str] = {
 # whose state the orchestrator lost track of may still be running, and forgetting it would over-promise.
 ACTIVE_STATES: frozenset[str] = frozenset({"Created", "Running", "Paused", "Unknown"})
 INACTIVE_STATES: frozenset[str] = frozenset({"Stopped", "Standby", "Shutdown"})
+DELETED_STATE = "Deleted"  # what a deleted instance's tombstone (or a delete event without a state) says
 
 
 def is_active(state: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 from ledger.core.errors import InvalidRequest
 from ledger.core.gpu import PASSTHROUGH, VGPU, GPUProfile, GPUStatus, PassthroughDevice
 from ledger.core.records import MAX_ID_LENGTH, ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
-from ledger.core.resources import Capacity, ResourceType, Source
+from ledger.core.resources import DELETED_STATE, Capacity, ResourceType, Source
 from ledger.core.units import MAX_AMOUNT
 
 CONTRACT_VERSION = 1
@@ -53,8 +53,6 @@ _RECORDS: dict[str, type[InstanceRecord | VolumeRecord | ImageRecord | OciCacheR
     "image": ImageRecord,
     "oci_cache": OciCacheRecord,
 }
-# A deleted instance needs no state; it is recorded as this one when the event leaves it out.
-DELETED_STATE = "Deleted"
 
 # RFC 3339 with an upper-case T and Z and at most nanoseconds; the schemas carry the same pattern.
 TIME_PATTERN = (

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, func, insert, select, union_all, update
+from sqlalchemy import Connection, Table, insert, select, update
 
 from ledger.store.models import ConsumerPosition, DeadLetter, ProcessedEvent, utcnow
 
@@ -85,25 +87,30 @@ def mark_replayed(conn: Connection, dead_letter_id: int) -> None:
 
 
 def last_stream_seq(conn: Connection, consumer: str) -> int:
-    """The highest stream sequence the database has recorded as handled by `consumer`."""
-    seqs = union_all(
-        select(positions.c.stream_seq.label("seq")).where(positions.c.consumer == consumer),
-        select(func.max(processed_events.c.stream_seq).label("seq")),
-        select(func.max(dead_letters.c.stream_seq).label("seq")),
-    ).subquery()
-    return int(conn.execute(select(func.coalesce(func.max(seqs.c.seq), 0))).scalar_one())
+    """The low-water mark: every stream sequence up to it has been handled by `consumer` in this database."""
+    found = conn.execute(select(positions.c.stream_seq).where(positions.c.consumer == consumer)).scalar()
+    return int(found or 0)
 
 
-def advance(conn: Connection, consumer: str, stream_seq: int) -> None:
-    """Record that `consumer` has handled everything it was given up to `stream_seq` (never moves back)."""
-    updated = conn.execute(
-        update(positions)
-        .where(positions.c.consumer == consumer, positions.c.stream_seq < stream_seq)
-        .values(stream_seq=stream_seq, updated_at=utcnow())
-    )
-    if updated.rowcount == 0:
-        exists = conn.execute(select(positions.c.consumer).where(positions.c.consumer == consumer)).first()
-        if exists is None:
-            conn.execute(
-                insert(positions), {"consumer": consumer, "stream_seq": stream_seq, "updated_at": utcnow()}
-            )
+def advance(conn: Connection, consumer: str, handled: Iterable[int], floor: int = 0) -> int:
+    """Record `handled` sequences (and that nothing below `floor` remains); returns the new low-water mark.
+
+    Runs under the writer's lock (SQLite) or a row lock (PostgreSQL), in the transaction that applied them.
+    """
+    row = conn.execute(
+        select(positions.c.stream_seq, positions.c.handled_above)
+        .where(positions.c.consumer == consumer)
+        .with_for_update()
+    ).one_or_none()
+    mark = max(int(row.stream_seq) if row else 0, floor)
+    above = {int(s) for s in json.loads(row.handled_above)} if row else set()
+    above |= set(handled)
+    while mark + 1 in above:
+        mark += 1
+    above = {s for s in above if s > mark}
+    values = {"stream_seq": mark, "handled_above": json.dumps(sorted(above)), "updated_at": utcnow()}
+    if row is None:
+        conn.execute(insert(positions), {"consumer": consumer, **values})
+    else:
+        conn.execute(update(positions).where(positions.c.consumer == consumer).values(values))
+    return mark

@@ -70,4 +70,6 @@ def make_engine(url: str, *, for_migration: bool = False) -> Engine:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, foreign_keys=not for_migration)
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pre-ping: it costs a round trip per transaction; a connection dropped by a server restart fails
+    # one transaction (reported `unavailable`, retried by the caller) and is replaced.
+    return create_engine(parsed, pool_size=10, max_overflow=20, pool_recycle=1800)

@@ -14,7 +14,7 @@ import json
 import math
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,10 +26,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ledger.core import capacity as rules
 from ledger.core.capacity import AllocationRequest, GpuSlots, ResourceStatus
-from ledger.core.errors import Conflict, InvalidRequest, NotFound, Unavailable, UnknownHost
+from ledger.core.errors import Conflict, InvalidRequest, LedgerError, NotFound, Unavailable, UnknownHost
 from ledger.core.gpu import GPUStatus
 from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
-from ledger.core.resources import Capacity, ResourceType, Source
+from ledger.core.resources import DELETED_STATE, Capacity, ResourceType, Source
 from ledger.store import deadletters
 from ledger.store.deadletters import DeadLetterRecord
 from ledger.store.engine import is_sqlite, make_engine
@@ -182,6 +182,19 @@ class Ledger:
         )
         self._select_capacities = select(capacities).where(capacities.c.host_id == bindparam("host_id"))
         self._capacity_cache: dict[str, tuple[int, dict[str, Row[Any]]]] = {}
+        self._select_event = select(processed_events.c.event_id).where(
+            processed_events.c.event_id == bindparam("event_id")
+        )
+        self._insert_event = insert(processed_events)
+        self._entity_statements = {
+            table.name: _EntityStatements(table, key)
+            for table, key in (
+                (instances, "instance_id"),
+                (volumes, "volume_id"),
+                (images, "image_id"),
+                (oci_cache, "host_id"),
+            )
+        }
         self._batch = threading.local()
         # SQLite has one writer at a time: threads of this process queue on a lock instead of spinning in
         # SQLite's busy handler (which sleeps in steps of up to 100 ms); other processes still wait there.
@@ -230,11 +243,11 @@ class Ledger:
             raise RuntimeError("batches do not nest")
         try:
             with self._writer, self.engine.begin() as conn:
-                self._batch.conn = conn
+                self._batch.conn, self._batch.locked = conn, {}
                 try:
                     yield
                 finally:
-                    self._batch.conn = None
+                    self._batch.conn, self._batch.locked = None, None
         except OperationalError as exc:
             raise Unavailable(f"database unavailable: {str(exc.orig).strip()}") from exc
 
@@ -243,10 +256,20 @@ class Ledger:
         return getattr(self._batch, "conn", None) is not None
 
     @contextmanager
-    def _locked(self, host_id: str, *, create: bool = False) -> Iterator[tuple[Connection, Row[Any]]]:
+    def _locked(
+        self, host_id: str, *, create: bool = False, reuse: bool = False
+    ) -> Iterator[tuple[Connection, Row[Any]]]:
         """A transaction holding `host_id`'s lock, expired holds already swept; `create` makes an empty host
-        row for records that arrive before the host registered (they must still be counted)."""
+        row for records that arrive before the host registered (they must still be counted).
+
+        Inside a batch the lock is held until commit, so writes that never read the row's totals (`reuse`,
+        the record upserts) skip re-reading it; everything else reads it fresh.
+        """
         with self._transaction() as conn:
+            locked: dict[str, Row[Any]] | None = getattr(self._batch, "locked", None)
+            if locked is not None and reuse and host_id in locked:
+                yield conn, locked[host_id]
+                return
             row = conn.execute(self._lock_host, {"host_id": host_id}).one_or_none()
             if row is None and create:
                 self._insert_host(conn, host_id)
@@ -255,6 +278,8 @@ class Ledger:
                 raise UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
             if self._sweep(conn, row):
                 row = conn.execute(self._lock_host, {"host_id": host_id}).one()
+            if locked is not None:
+                locked[host_id] = row
             yield conn, row
 
     def _insert_host(self, conn: Connection, host_id: str) -> None:
@@ -421,7 +446,12 @@ class Ledger:
     # ---- status -------------------------------------------------------------------------------
 
     def _statuses(self, conn: Connection, host: Row[Any]) -> dict[ResourceType, ResourceStatus]:
-        rows = {r.resource: r for r in conn.execute(self._select_capacities, {"host_id": host.host_id})}
+        cached = self._capacity_cache.get(host.host_id)
+        if cached is not None and cached[0] == host.capacity_version:
+            rows = cached[1]
+        else:
+            rows = {r.resource: r for r in conn.execute(self._select_capacities, {"host_id": host.host_id})}
+            self._capacity_cache[host.host_id] = (host.capacity_version, rows)
         result = {}
         for resource in ResourceType:
             allocated = sum(getattr(host, c) for c in _ALLOC_COLUMNS[resource])
@@ -614,6 +644,21 @@ class Ledger:
             self._log(conn, host_id, "reservation", reservation_id, "reserved", "api", delta)
             return Grant(reservation_id, host_id, HELD, expires_at, idempotency_key)
 
+    def reserve_many(
+        self, requests: list[tuple[str, AllocationRequest, str | None, float | None]]
+    ) -> list[Grant | LedgerError]:
+        """Admit many requests in arrival order in ONE transaction (group commit): each is checked against
+        the totals its predecessors left, exactly as if reserved one by one. A refusal writes nothing, so it
+        is returned in its place without spoiling the others."""
+        results: list[Grant | LedgerError] = []
+        with self.batch():
+            for host_id, request, key, ttl in requests:
+                try:
+                    results.append(self.reserve(host_id, request, idempotency_key=key, ttl=ttl))
+                except LedgerError as exc:
+                    results.append(exc)
+        return results
+
     @staticmethod
     def _replay(earlier: RowLike, request: AllocationRequest) -> Grant:
         same = (
@@ -708,10 +753,7 @@ class Ledger:
     def _seen(self, conn: Connection, mark: EventMark | None) -> bool:
         if mark is None:
             return False
-        found = conn.execute(
-            select(processed_events.c.event_id).where(processed_events.c.event_id == mark.event_id)
-        ).first()
-        return found is not None
+        return conn.execute(self._select_event, {"event_id": mark.event_id}).first() is not None
 
     def _mark(
         self,
@@ -725,7 +767,7 @@ class Ledger:
         if mark is None:
             return
         conn.execute(
-            insert(processed_events),
+            self._insert_event,
             {
                 "event_id": mark.event_id,
                 "host_id": host_id,
@@ -757,46 +799,25 @@ class Ledger:
             raise InvalidRequest(f"version must be a whole number ≥ 0, got {version!r}", field="version")
         cause = mark.event_id if mark else "api"
         try:
-            with self._locked(host_id, create=True) as (conn, _):
+            with self._locked(host_id, create=True, reuse=True) as (conn, _):
                 if self._seen(conn, mark):
                     return ApplyResult("duplicate", entity_id, version or 0)
-                key = table.c[key_column]
-                old = (
-                    conn.execute(select(table).where(table.c.host_id == host_id, key == entity_id))
-                    .mappings()
-                    .one_or_none()
-                )
+                sql = self._entity_statements[table.name]
+                where = {"b_host": host_id, "b_key": entity_id}
+                old = conn.execute(sql.select, where).mappings().one_or_none()
                 if version is None:
                     version = (old["version"] + 1) if old is not None else 1
                 if old is not None and version <= old["version"]:
                     self._mark(conn, mark, host_id, entity_id, version, "stale")
                     return ApplyResult("stale", entity_id, version)
                 now = self.clock()
-                if new_row is None:  # tombstone: keep the id and version so late events stay out
-                    record = {
-                        **(dict(old) if old else {}),
-                        "deleted": True,
-                        "version": version,
-                        "updated_at": now,
-                    }
-                    record.update({"host_id": host_id, key_column: entity_id})
-                    record = _tombstone(table, record)
-                else:
-                    record = {
-                        **new_row,
-                        "host_id": host_id,
-                        key_column: entity_id,
-                        "deleted": False,
-                        "version": version,
-                        "updated_at": now,
-                    }
-                record = {k: v for k, v in record.items() if k in table.c}
+                # A deleted entity keeps only its id and version (a tombstone), so late events stay out.
+                values = sql.tombstone() if new_row is None else {**new_row, "deleted": False}
+                record = sql.full_record(values, host_id, entity_id, version, now)
                 if old is None:
-                    conn.execute(insert(table), record)
+                    conn.execute(sql.insert, record)
                 else:
-                    conn.execute(
-                        update(table).where(table.c.host_id == host_id, key == entity_id).values(record)
-                    )
+                    conn.execute(sql.update, {**sql.update_params(record), **where})
                 delta = _difference(usage(record), usage(old))
                 self._move(conn, host_id, delta)
                 self._log(conn, host_id, kind, entity_id, action, cause, delta)
@@ -1040,13 +1061,14 @@ class Ledger:
             deadletters.mark_replayed(conn, dead_letter_id)
 
     def stream_position(self, consumer: str) -> int:
-        """The last stream sequence this database has handled for `consumer` (0 if none)."""
+        """The low-water mark of what this database has handled for `consumer`: all sequences up to it."""
         with self._transaction() as conn:
             return deadletters.last_stream_seq(conn, consumer)
 
-    def advance_position(self, consumer: str, stream_seq: int) -> None:
+    def advance_position(self, consumer: str, handled: Iterable[int], floor: int = 0) -> int:
+        """Record handled stream sequences (joins the current batch); returns the low-water mark."""
         with self._transaction() as conn:
-            deadletters.advance(conn, consumer, stream_seq)
+            return deadletters.advance(conn, consumer, handled, floor)
 
     # ---- audit --------------------------------------------------------------------------------
 
@@ -1057,6 +1079,54 @@ class Ledger:
                 text("SELECT host_id, total, stored, recomputed, drift FROM ledger_drift WHERE drift <> 0")
             )
             return [dict(r._mapping) for r in rows]
+
+
+class _EntityStatements:
+    """One entity table's statements, built once: the select, insert and update of a full record."""
+
+    def __init__(self, table: Table, key: str) -> None:
+        self.table = table
+        self.key = key
+        self.columns = [c.name for c in table.c]
+        self.select = select(table).where(
+            table.c.host_id == bindparam("b_host"), table.c[key] == bindparam("b_key")
+        )
+        self.insert = insert(table)
+        self.settable = [c for c in self.columns if c not in {"host_id", key}]
+        self.update = (
+            update(table)
+            .where(table.c.host_id == bindparam("b_host"), table.c[key] == bindparam("b_key"))
+            .values({c: bindparam(f"v_{c}") for c in self.settable})
+        )
+
+    def full_record(
+        self, values: Mapping[str, Any], host_id: str, entity_id: str, version: int, now: datetime
+    ) -> dict[str, Any]:
+        record = {"host_id": host_id, self.key: entity_id, "version": version, "updated_at": now}
+        record.update({k: v for k, v in values.items() if k in self.columns and k not in record})
+        return record
+
+    def update_params(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        return {f"v_{c}": record[c] for c in self.settable}
+
+    def tombstone(self) -> dict[str, Any]:
+        """Every column zeroed or emptied, whatever the entity held before (order must not matter)."""
+        values: dict[str, Any] = {}
+        for column in self.table.c:
+            if column.name in {"host_id", self.key, "version", "updated_at"}:
+                continue
+            python_type = column.type.python_type
+            if python_type is int:
+                values[column.name] = 0
+            elif python_type is bool:
+                values[column.name] = column.name == "deleted"
+            elif column.name == "state":
+                values[column.name] = DELETED_STATE
+            elif column.name == "name":
+                values[column.name] = ""
+            else:
+                values[column.name] = None
+        return values
 
 
 def _valid_ratio(ratio: float) -> bool:
@@ -1076,17 +1146,6 @@ def _oci_usage(row: RowLike | None) -> Totals:
     if row is None or row.get("deleted"):
         return {}
     return {"oci_cache_bytes": row["total_bytes"]}
-
-
-def _tombstone(table: Any, record: dict[str, Any]) -> dict[str, Any]:
-    """A deleted entity's row: zero amounts so nothing counts, only columns the table has."""
-    record = {k: v for k, v in record.items() if k in table.c}
-    for name in ("active",):
-        if name in table.c:
-            record[name] = False
-    if "state" in table.c:
-        record.setdefault("state", "Deleted")
-    return record
 
 
 def _info(row: RowLike) -> ReservationInfo:

@@ -273,11 +273,14 @@ class DeadLetter(Base):
 class ConsumerPosition(Base):
     """How far an event consumer has got in its stream, written in the transaction that applied the events.
 
-    Not per host (one durable consumer feeds every host), so it has no host_id.
+    `stream_seq` is a low-water mark: every sequence up to it is handled. Redeliveries arrive after newer
+    events, so the handled sequences above it are kept too, until the gap below them closes. Not per host
+    (one durable consumer feeds every host), so it has no host_id.
     """
 
     __tablename__ = "consumer_positions"
 
     consumer: Mapped[str] = mapped_column(String(255), primary_key=True)
     stream_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    handled_above: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of sequences > stream_seq
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

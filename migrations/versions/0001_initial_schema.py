@@ -26,6 +26,7 @@ def upgrade() -> None:
         "consumer_positions",
         sa.Column("consumer", sa.String(length=255), nullable=False),
         sa.Column("stream_seq", sa.BigInteger(), nullable=False),
+        sa.Column("handled_above", sa.Text(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("consumer", name=op.f("pk_consumer_positions")),
     )

@@ -1,0 +1,137 @@
+"""Two `ledger serve` replicas on one PostgreSQL and one NATS (the test's own nats-server), hammered by
+16 client OS processes: exactly as many one-vCPU grants as the host holds, every other answer a clean
+`insufficient_resources`, and both replicas in the queue group."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.bus.connect import connect
+from ledger.bus.embedded import EmbeddedNats
+from ledger.store.ledger import Ledger
+from tests.service.conftest import ServeFactory
+from tests.service.helpers import gather_replies, raw, refusal_of, reply_of, serve_env, unique
+from tests.service.workers import hammer
+
+pytestmark = pytest.mark.postgres
+
+N = 24  # the host fits exactly N one-vCPU requests
+PROCESSES = 16
+PER_PROCESS = 5  # 80 requests in all
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "nats-store")
+    server.start()
+    assert server.port != 4222
+    yield server
+    server.stop()
+
+
+def _replica_env(data_dir: Path, host: str, db_url: str, nats_url: str) -> dict[str, str]:
+    return serve_env(
+        data_dir,
+        host,
+        LEDGER_DATABASE_URL=db_url,
+        LEDGER_NATS_URL=nats_url,
+        CPU_LIMIT=str(N),
+        OVERSUB_CPU="1",
+    )
+
+
+def _run_clients(url: str) -> list[dict[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(PROCESSES)
+    results = ctx.Queue()
+    body = {"vcpus": 1}
+    workers = [
+        ctx.Process(target=hammer, args=(url, PER_PROCESS, body, barrier, results)) for _ in range(PROCESSES)
+    ]
+    for worker in workers:
+        worker.start()
+    replies: list[dict[str, Any]] = []
+    try:
+        for _ in workers:
+            replies.extend(results.get(timeout=120))
+    except queue.Empty:
+        raise AssertionError(f"only {len(replies)} replies came back from the client processes") from None
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+        results.close()
+        results.join_thread()
+    assert all(w.exitcode == 0 for w in workers), [w.exitcode for w in workers]
+    return replies
+
+
+async def test_two_replicas_grant_exactly_what_fits(
+    serve_factory: ServeFactory, nats_server: EmbeddedNats, pg_database_factory: Any, tmp_path: Path
+) -> None:
+    db_url: str = pg_database_factory()  # fresh and unmigrated: the replicas migrate it, concurrently
+    host = unique("rep")
+    envs = [_replica_env(tmp_path / f"replica-{i}", host, db_url, nats_server.url) for i in range(2)]
+    replicas = await asyncio.gather(
+        *(asyncio.to_thread(serve_factory, tmp_path / f"replica-{i}", envs[i]) for i in range(2))
+    )
+    assert {r.info["nats_url"] for r in replicas} == {nats_server.url}
+
+    nc = await connect(nats_server.url, name="replica-test", reconnect_forever=False)
+    try:
+        pings = await gather_replies(nc, "$SRV.PING.ledger")
+        assert len(pings) == 2 and len({p["id"] for p in pings}) == 2, pings
+        assert {p["name"] for p in pings} == {"ledger"}
+
+        replies = await asyncio.to_thread(_run_clients, nats_server.url)
+        assert len(replies) == PROCESSES * PER_PROCESS
+        unanswered = [r for r in replies if r["ok"] is None]
+        assert not unanswered, unanswered[:5]
+        granted = [r for r in replies if r["ok"]]
+        refused = [r for r in replies if not r["ok"]]
+        assert len(granted) == N, f"{len(granted)} granted for a host that fits {N}"
+        assert len({r["reservation_id"] for r in granted}) == N
+        assert {r["code"] for r in refused} == {"insufficient_resources"}
+        assert {r["_error_header"] for r in refused} == {"409"}
+        assert {r["resource"] for r in refused} == {"cpu"}
+        assert all(r["message"].startswith("insufficient CPU: requested 1 vCPU") for r in refused)
+        assert all("Traceback" not in json.dumps(r) for r in replies)
+
+        status = reply_of(await raw(nc, "status", {"resource": "cpu"}))
+        assert status["allocated"] + status["pending"] == N and status["available"] == 0, status
+        assert (status["capacity"], status["effective_limit"]) == (N, N)
+        refusal_of(await raw(nc, "validate", {"vcpus": 1}), "insufficient_resources", "409")
+
+        # each replica's own stats: together they answered every validate, and both took a share
+        stats = [
+            json.loads((await nc.request(f"$SRV.STATS.ledger.{p['id']}", b"", timeout=5)).data) for p in pings
+        ]
+        validates = [
+            next(e["num_requests"] for e in s["endpoints"] if e["name"] == "validate") for s in stats
+        ]
+        assert sum(validates) == PROCESSES * PER_PROCESS + 1
+        assert min(validates) > 0, f"one replica answered nothing: {validates}"
+    finally:
+        await nc.close()
+
+    for replica in replicas:
+        assert await asyncio.to_thread(replica.stop) == 0, replica.log()
+        assert "Traceback" not in replica.log()
+
+    ledger = Ledger.open(db_url, migrate=False)
+    try:
+        assert ledger.drift() == []
+        for grant in granted:
+            assert ledger.reservation(grant["reservation_id"]).status == "held"
+    finally:
+        ledger.close()
