@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ledger.cli.common import EXIT_OK, print_json
+from ledger.cli.common import EXIT_OK, EXIT_USAGE, error, print_json
 from ledger.config import SETTINGS_BY_KEY, Settings
 
 
@@ -17,12 +17,20 @@ def register(subcommands: Any) -> argparse.ArgumentParser:
         "default). Precedence: flags > environment > --config/LEDGER_CONFIG file > defaults.",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    parser.add_argument("--get", metavar="KEY", help="print only this setting's value (for scripts)")
     parser.set_defaults(handler=run)
     return parser
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     rows = settings.describe()
+    if args.get is not None:
+        values = {key: value for key, value, _ in rows}
+        if args.get not in values:
+            error(f"unknown setting {args.get!r}; known: {', '.join(values)}")
+            return EXIT_USAGE
+        print(values[args.get])
+        return EXIT_OK
     if args.json:
         print_json({key: {"value": value, "source": source} for key, value, source in rows})
         return EXIT_OK
