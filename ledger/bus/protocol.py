@@ -105,10 +105,13 @@ def parse_request(endpoint: str, payload: bytes) -> dict[str, Any]:
     for name in REQUIRED.get(endpoint, frozenset()):
         if body.get(name) is None:
             raise InvalidRequest(f"{name} is required", field=name)
-    for name, value in body.items():
-        if value is None:
+    for name, raw in list(body.items()):
+        if raw is None:
             continue
-        wanted, got = known[name], _json_type(value)
+        wanted, got, value = known[name], _json_type(raw), raw
+        if wanted == _INT and got == _NUM and math.isfinite(raw) and raw == int(raw):
+            body[name] = value = int(raw)  # JSON (and JSON Schema) call 2.0 an integer
+            got = _INT
         if got != wanted and not (wanted == _NUM and got == _INT):
             raise InvalidRequest(f"{name} must be a JSON {wanted}, got {got}", field=name)
         if wanted == _NUM and not math.isfinite(value):

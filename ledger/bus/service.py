@@ -32,7 +32,7 @@ from ledger.bus.protocol import (
     refusal,
     resource_field,
 )
-from ledger.core.capacity import AllocationRequest
+from ledger.core.capacity import AllocationRequest, check_amount
 from ledger.core.errors import InvalidRequest, LedgerError
 from ledger.store.ledger import Ledger
 
@@ -209,13 +209,11 @@ class LedgerService:
         return self.ledger.full_status(host, with_allocations=body.get("allocations", True)).to_dict()
 
     def _can_allocate(self, body: dict[str, Any]) -> dict[str, Any]:
-        host = self._host(body)
+        amount = check_amount("amount", body["amount"])
         resource = resource_field(body)
         assert resource is not None
+        host = self._host(body)
         status = self.ledger.status(host, resource)
-        amount = body["amount"]
-        if amount < 0:
-            raise InvalidRequest(f"amount cannot be negative, got {amount}", field="amount")
         return {
             "host": host,
             "resource": resource.value,

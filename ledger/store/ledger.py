@@ -536,8 +536,7 @@ class Ledger:
 
     def can_allocate(self, host_id: str, resource: ResourceType, amount: int) -> bool:
         """Whether `amount` of `resource` fits right now (a hint; only `reserve` guarantees it)."""
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
-            raise InvalidRequest(f"amount must be a whole number ≥ 0, got {amount!r}", field="amount")
+        rules.check_amount("amount", amount)
         return amount <= self.status(host_id, resource).available
 
     # ---- reservations -------------------------------------------------------------------------
@@ -576,7 +575,8 @@ class Ledger:
         ttl = self.reservation_ttl if ttl is None else ttl
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_SECONDS:
             raise InvalidRequest(
-                f"ttl must be between 0 and {MAX_TTL_SECONDS} seconds, got {ttl!r}", field="ttl"
+                f"ttl_seconds must be greater than 0 and at most {MAX_TTL_SECONDS}, got {ttl!r}",
+                field="ttl_seconds",
             )
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
@@ -996,8 +996,7 @@ class Ledger:
     ) -> dict[str, int]:
         """Default network (symmetric) and disk I/O (sustained, burst) for an instance of `vcpus`:
         its share of host vCPUs times each capacity (times the ratio only if `uses_ratio`)."""
-        if isinstance(vcpus, bool) or not isinstance(vcpus, int) or vcpus < 0:
-            raise InvalidRequest(f"vcpus must be a whole number ≥ 0, got {vcpus!r}", field="vcpus")
+        rules.check_amount("vcpus", vcpus)
         status = self.full_status(host_id, with_allocations=False).resources
         cpu = status[ResourceType.CPU].capacity
 
