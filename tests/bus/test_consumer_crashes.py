@@ -159,11 +159,6 @@ async def test_sigkilled_consumer_restarted_again_and_again_loses_and_doubles_no
         ledger.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG ledger/cli/events.py _consume: `await nc.drain()` waits nats-py drain_timeout (30 s) "
-    "because the pull subscription's pending queue never empties; unsubscribe it (or flush then close) first",
-)
 async def test_consume_exits_promptly_on_sigterm(
     nats_server: EmbeddedNats, sqlite_db_url: str, tmp_path: Path
 ) -> None:

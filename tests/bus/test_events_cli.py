@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from nats.aio.client import Client
 
 from ledger.bus.embedded import EmbeddedNats
@@ -79,11 +78,6 @@ async def test_publish_a_file_and_stdin_then_tail_what_is_applied(
     assert {s["outcome"] for s in shown} == {"applied"} and shown[0]["stream_seq"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG ledger/cli/events.py _tail.show: it prints every message nc.drain() still delivers after "
-    "the count is reached (24 lines for --count 5); return early once seen >= count",
-)
 async def test_tail_count_prints_exactly_count_lines(
     nats_server: EmbeddedNats, nc: Client, sqlite_db_url: str, tmp_path: Path
 ) -> None:

@@ -138,12 +138,6 @@ async def test_processed_rows_and_position_rolled_back_are_reapplied(
         await nc.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG ledger/bus/consumer.py _apply_batch + store/deadletters.py last_stream_seq: the position is "
-    "the highest sequence handled, not the highest below which everything is handled, so events a dead "
-    "consumer held (redelivered later) sit below it; a restored database then skips them on rewind",
-)
 async def test_rewind_after_restore_also_replays_events_that_were_redelivered_late(
     nats_server: EmbeddedNats, sqlite_db_url: str, tmp_path: Path, short_ack_wait: float
 ) -> None:

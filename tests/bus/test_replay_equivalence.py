@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
 from nats.aio.client import Client
 
 from ledger.bus.connect import connect
@@ -165,12 +164,6 @@ async def test_events_published_in_a_random_order_converge_to_the_ordered_state(
         expected.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG ledger/store/ledger.py Ledger._apply/_tombstone: a tombstone keeps the fields of whatever "
-    "version preceded the delete (state 'Running' or 'Stopped', old vcpus…), so the instances/volumes/images "
-    "tables depend on delivery order; _tombstone's docstring promises zero amounts",
-)
 async def test_tombstone_rows_do_not_depend_on_order(nc: Client, sqlite_db_url: str, tmp_path: Path) -> None:
     host = "h-tomb"
     record = {"id": "i-1", "name": "vm", "state": "Running", "vcpus": 4, "memory_bytes": 2**30}
