@@ -24,6 +24,7 @@ class JsonFormatter(logging.Formatter):
         data.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             data["error"] = self.formatException(record.exc_info).splitlines()[-1]
+            data["traceback"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str)
 
 
@@ -34,7 +35,10 @@ class TextFormatter(logging.Formatter):
         extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD)
         when = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
         line = f"{when} {record.levelname.lower():<7} {record.name}: {record.getMessage()}"
-        return f"{line} {extras}" if extras else line
+        line = f"{line} {extras}" if extras else line
+        if record.exc_info:  # an internal error: the operator needs the whole story
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
 
 
 def configure(log_format: str = "text", level: int = logging.INFO) -> None:

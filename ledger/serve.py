@@ -92,7 +92,11 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
         await service.stop()
         await consuming
         await consumer.close()
-        await nc.drain()
+        try:
+            await nc.drain()
+        except Exception:  # NATS is down or reconnecting: nothing can be flushed; close what is left
+            with contextlib.suppress(Exception):
+                await nc.close()
         log.info("stopped cleanly", extra={"events_handled": consumer.handled})
         return 0
     finally:

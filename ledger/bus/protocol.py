@@ -116,6 +116,8 @@ def parse_request(endpoint: str, payload: bytes) -> dict[str, Any]:
             raise InvalidRequest(f"{name} must be a JSON {wanted}, got {got}", field=name)
         if wanted == _NUM and not math.isfinite(value):
             raise InvalidRequest(f"{name} must be a finite number", field=name)
+        if wanted == _STR and "\x00" in value:
+            raise InvalidRequest(f"{name} must not contain NUL characters", field=name)
     return {k: v for k, v in body.items() if v is not None}
 
 

@@ -100,10 +100,22 @@ class LedgerService:
             await group.add_endpoint(name=name, handler=self._accept(name))
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking requests, then let the ones in flight finish and answer."""
+        """Stop taking requests, then let the ones in flight finish and answer.
+
+        The endpoints' subscriptions are drained first: a plain unsubscribe (what the micro API's stop does)
+        would drop requests the client library has already received but not yet handed to us.
+        """
         if self._service is not None:
-            await self._service.stop()
+            for endpoint in getattr(self._service, "_endpoints", []):
+                subscription = getattr(endpoint, "_subscription", None)
+                if subscription is not None:
+                    with contextlib.suppress(Exception):
+                        await subscription.drain()
+                    endpoint._subscription = None
+            with contextlib.suppress(Exception):
+                await self._service.stop()
             self._service = None
+        await asyncio.sleep(0)  # let the drained messages' callbacks create their tasks
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=timeout)
         if self._admitter is not None:
@@ -139,7 +151,6 @@ class LedgerService:
 
     def _accept(self, endpoint: str) -> Callable[[Request], Any]:
         async def accept(request: Request) -> None:
-            await self._slots.acquire()  # back-pressure: beyond max_inflight, the subscription waits
             task = asyncio.create_task(self._answer(endpoint, request))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -147,6 +158,7 @@ class LedgerService:
         return accept
 
     async def _answer(self, endpoint: str, request: Request) -> None:
+        await self._slots.acquire()  # at most max_inflight in the database path; the rest wait here
         try:
             try:
                 body = parse_request(endpoint, request.data)

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy.dialects import postgresql
 
 from ledger.store.models import ConsumerPosition, DeadLetter, ProcessedEvent, utcnow
 
@@ -97,20 +98,26 @@ def advance(conn: Connection, consumer: str, handled: Iterable[int], floor: int 
 
     Runs under the writer's lock (SQLite) or a row lock (PostgreSQL), in the transaction that applied them.
     """
+    # Make sure the row exists before locking it: two replicas starting on a fresh database would both
+    # find nothing to lock and both insert it.
+    fresh = {"consumer": consumer, "stream_seq": 0, "handled_above": "[]", "updated_at": utcnow()}
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            postgresql.insert(positions).values(fresh).on_conflict_do_nothing(index_elements=["consumer"])
+        )
+    else:
+        conn.execute(insert(positions).prefix_with("OR IGNORE").values(fresh))
     row = conn.execute(
         select(positions.c.stream_seq, positions.c.handled_above)
         .where(positions.c.consumer == consumer)
         .with_for_update()
-    ).one_or_none()
-    mark = max(int(row.stream_seq) if row else 0, floor)
-    above = {int(s) for s in json.loads(row.handled_above)} if row else set()
+    ).one()
+    mark = max(int(row.stream_seq), floor)
+    above = {int(s) for s in json.loads(row.handled_above)}
     above |= set(handled)
     while mark + 1 in above:
         mark += 1
     above = {s for s in above if s > mark}
     values = {"stream_seq": mark, "handled_above": json.dumps(sorted(above)), "updated_at": utcnow()}
-    if row is None:
-        conn.execute(insert(positions), {"consumer": consumer, **values})
-    else:
-        conn.execute(update(positions).where(positions.c.consumer == consumer).values(values))
+    conn.execute(update(positions).where(positions.c.consumer == consumer).values(values))
     return mark

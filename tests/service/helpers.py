@@ -128,10 +128,8 @@ class ServeProcess:
             return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
         # SIGKILL whatever is left of the group it leads (a hung serve, or the embedded nats-server a
         # killed serve leaves behind); the group id is the serve's own pid.
         with contextlib.suppress(ProcessLookupError, PermissionError):

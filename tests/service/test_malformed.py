@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
@@ -53,7 +52,7 @@ CASES: list[tuple[str, str, bytes, str]] = [
     ("unknown-resource-can", "can_allocate", b'{"resource": "bananas", "amount": 1}', "invalid_request"),
     ("can-allocate-negative", "can_allocate", b'{"resource": "cpu", "amount": -1}', "invalid_request"),
     ("can-allocate-missing", "can_allocate", b'{"resource": "cpu"}', "invalid_request"),
-    ("can-allocate-float", "can_allocate", b'{"resource": "cpu", "amount": 1.0}', "invalid_request"),
+    ("can-allocate-float", "can_allocate", b'{"resource": "cpu", "amount": 1.5}', "invalid_request"),
     ("defaults-negative", "defaults", b'{"vcpus": -4}', "invalid_request"),
     ("defaults-missing", "defaults", b"{}", "invalid_request"),
     ("ttl-huge", "validate", b'{"vcpus": 1, "ttl_seconds": 1e300}', "invalid_request"),
@@ -136,7 +135,7 @@ async def test_a_burst_of_garbage_then_good_requests(nc: Client, served: ServePr
     await _still_serving(nc, served)
 
 
-async def test_refusals_never_write(nc: Client, served: ServeProcess, tmp_path: Path) -> None:
+async def test_refusals_never_write(nc: Client, served: ServeProcess) -> None:
     """A refused validate holds nothing: pending is unchanged by a batch of bad validates."""
     before = reply_of(await raw(nc, "status", {"resource": "cpu"}))
     await asyncio.gather(*(raw(nc, "validate", p) for _, e, p, _ in CASES if e == "validate"))

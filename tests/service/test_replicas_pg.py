@@ -77,14 +77,14 @@ def _run_clients(url: str) -> list[dict[str, Any]]:
 
 
 async def test_two_replicas_grant_exactly_what_fits(
-    serve_factory: ServeFactory, nats_server: EmbeddedNats, pg_database_factory: Any, tmp_path: Path
+    nats_server: EmbeddedNats, serve_factory: ServeFactory, pg_database_factory: Any, tmp_path: Path
 ) -> None:
-    db_url: str = pg_database_factory()  # fresh and unmigrated: the replicas migrate it, concurrently
+    db_url: str = pg_database_factory()  # fresh and unmigrated: the first replica migrates it
     host = unique("rep")
     envs = [_replica_env(tmp_path / f"replica-{i}", host, db_url, nats_server.url) for i in range(2)]
-    replicas = await asyncio.gather(
-        *(asyncio.to_thread(serve_factory, tmp_path / f"replica-{i}", envs[i]) for i in range(2))
-    )
+    # one after the other: started at once, the second can die on the first's consumer position (see
+    # test_first_position_written_by_two_replicas_at_once)
+    replicas = [await asyncio.to_thread(serve_factory, tmp_path / f"replica-{i}", envs[i]) for i in range(2)]
     assert {r.info["nats_url"] for r in replicas} == {nats_server.url}
 
     nc = await connect(nats_server.url, name="replica-test", reconnect_forever=False)
@@ -135,3 +135,75 @@ async def test_two_replicas_grant_exactly_what_fits(
             assert ledger.reservation(grant["reservation_id"]).status == "held"
     finally:
         ledger.close()
+
+
+NUL_CASES = [
+    ("status", {"host": "a\u0000b"}),
+    ("validate", {"vcpus": 1, "idempotency_key": "key\u0000"}),
+    ("release", {"reservation_id": "r\u0000"}),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "body"), NUL_CASES, ids=[c[0] for c in NUL_CASES])
+async def test_nul_in_a_string_is_an_invalid_request_on_postgresql(
+    nats_server: EmbeddedNats,
+    serve_factory: ServeFactory,
+    pg_database_factory: Any,
+    tmp_path: Path,
+    endpoint: str,
+    body: dict[str, Any],
+) -> None:
+    env = _replica_env(tmp_path / "replica", unique("nul"), pg_database_factory(), nats_server.url)
+    await asyncio.to_thread(serve_factory, tmp_path / "replica", env)
+    nc = await connect(nats_server.url, name="nul-test", reconnect_forever=False)
+    try:
+        refusal_of(await raw(nc, endpoint, body), "invalid_request", "400")
+    finally:
+        await nc.close()
+
+
+def test_first_position_written_by_two_replicas_at_once(pg_database_factory: Any) -> None:
+    """What two replicas' EventConsumer.start do on a fresh PostgreSQL, in the order that loses."""
+    import threading
+
+    from ledger.store import deadletters, migrate
+
+    url: str = pg_database_factory()
+    migrate.upgrade(url)
+    ledger = Ledger.open(url, migrate=False)
+    try:
+        first = ledger.engine.connect()
+        first.begin()
+        deadletters.advance(first, "ledger", [], 0)  # replica 1: inserts, not yet committed
+        errors: list[BaseException] = []
+
+        def second() -> None:  # replica 2: sees no row, inserts, waits on replica 1's key
+            try:
+                with ledger.engine.begin() as conn:
+                    deadletters.advance(conn, "ledger", [], 0)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(timeout=1.0)  # blocked on the unique index until replica 1 commits
+        first.commit()
+        first.close()
+        thread.join(timeout=30)
+        assert not errors, f"the second replica failed: {type(errors[0]).__name__}"
+    finally:
+        ledger.close()
+
+
+async def test_sigterm_while_nats_is_down_still_exits_0(
+    nats_server: EmbeddedNats, serve_factory: ServeFactory, tmp_path: Path
+) -> None:
+    env = _replica_env(
+        tmp_path / "replica", unique("down"), f"sqlite:///{tmp_path / 'ledger.db'}", nats_server.url
+    )
+    serve = await asyncio.to_thread(serve_factory, tmp_path / "replica", env)
+    await asyncio.to_thread(nats_server.stop)
+    await asyncio.sleep(1.0)  # serve notices and starts reconnecting
+    code = await asyncio.to_thread(serve.stop, 20)
+    assert "Traceback" not in serve.log()
+    assert code == 0
