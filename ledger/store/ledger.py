@@ -615,6 +615,7 @@ class Ledger:
                     )
             if refusal is not None:
                 refusal.details["host"] = host_id
+                self._explain_undetected(host_id, refusal)
                 raise refusal
             now = self.clock()
             reservation_id = uuid.uuid4().hex
@@ -643,6 +644,16 @@ class Ledger:
             self._move(conn, host_id, delta, next_expiry=next_expiry)
             self._log(conn, host_id, "reservation", reservation_id, "reserved", "api", delta)
             return Grant(reservation_id, host_id, HELD, expires_at, idempotency_key)
+
+    def _explain_undetected(self, host_id: str, refusal: LedgerError) -> None:
+        """A refusal on a capacity discovery could not read says which setting would fix it."""
+        cached = self._capacity_cache.get(host_id)
+        row = cached[1].get(str(refusal.details.get("resource"))) if cached else None
+        if row is not None and row.source == Source.UNDETECTED.value:
+            hint = row.hint or "configure this host's capacity for it"
+            refusal.message = f"{refusal.message}; this host's capacity was not detected: {hint}"
+            refusal.details["hint"] = hint
+            refusal.args = (refusal.message,)
 
     def reserve_many(
         self, requests: list[tuple[str, AllocationRequest, str | None, float | None]]

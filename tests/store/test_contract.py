@@ -25,7 +25,7 @@ from ledger.core.errors import (
 )
 from ledger.core.gpu import GPUProfile, GPUStatus, PassthroughDevice
 from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
-from ledger.core.resources import ResourceType, Source
+from ledger.core.resources import Capacity, ResourceType, Source
 from ledger.core.units import MAX_AMOUNT
 from ledger.store.ledger import EventMark, Ledger
 from tests.conftest import capacities
@@ -913,3 +913,19 @@ def test_every_error_carries_a_stable_code() -> None:
         "insufficient_resources",
     }
     assert issubclass(InsufficientResources, LedgerError)
+
+
+def test_a_refusal_on_an_undetected_capacity_names_the_setting_that_fixes_it(
+    ledger: Ledger, host_id: str
+) -> None:
+    found = capacities()
+    hint = "eth0 reports no link speed; set NETWORK_LIMIT, e.g. NETWORK_LIMIT=10Gbps"
+    found[NETWORK] = Capacity(0, Source.UNDETECTED, hint)
+    ledger.register_host(host_id, found, {})
+
+    with pytest.raises(InsufficientResources) as refused:
+        ledger.reserve(host_id, AllocationRequest(vcpus=1, network_download_bps=1000))
+
+    assert refused.value.details["resource"] == "network"
+    assert refused.value.details["hint"] == hint
+    assert refused.value.message.endswith(f"this host's capacity was not detected: {hint}")
