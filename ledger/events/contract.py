@@ -20,7 +20,7 @@ from typing import Any
 from ledger.core.errors import InvalidRequest
 from ledger.core.gpu import PASSTHROUGH, VGPU, GPUProfile, GPUStatus, PassthroughDevice
 from ledger.core.records import MAX_ID_LENGTH, ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
-from ledger.core.resources import DELETED_STATE, Capacity, ResourceType, Source
+from ledger.core.resources import DELETED_STATE, HOST_ID_FORBIDDEN, Capacity, ResourceType, Source
 from ledger.core.units import MAX_AMOUNT
 
 CONTRACT_VERSION = 1
@@ -62,7 +62,7 @@ TIME_PATTERN = (
 )
 _TIME = re.compile(TIME_PATTERN)
 # A host is one NATS subject token; an event id is also a Nats-Msg-Id header value: printable ASCII only.
-HOST_FORBIDDEN = r"[.*>\s]"
+HOST_FORBIDDEN = HOST_ID_FORBIDDEN
 ID_FORBIDDEN = r"[^!-~]"
 _HOST_FORBIDDEN = re.compile(HOST_FORBIDDEN)
 _ID_FORBIDDEN = re.compile(ID_FORBIDDEN)

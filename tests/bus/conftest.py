@@ -4,7 +4,7 @@ streams must never share one)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +15,6 @@ from ledger.bus.connect import connect
 from ledger.bus.embedded import EmbeddedNats
 from ledger.store import migrate
 from tests.bus.helpers import new_sqlite_url
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats-store")
-    server.start()
-    assert server.port != 4222
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import asyncio
 import json
 import multiprocessing
 import queue
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,6 @@ pytestmark = pytest.mark.postgres
 N = 24  # the host fits exactly N one-vCPU requests
 PROCESSES = 16
 PER_PROCESS = 5  # 80 requests in all
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats-store")
-    server.start()
-    assert server.port != 4222
-    yield server
-    server.stop()
 
 
 def _replica_env(data_dir: Path, host: str, db_url: str, nats_url: str) -> dict[str, str]:

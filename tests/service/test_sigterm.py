@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +35,6 @@ async def _request(nc: Client, body: dict[str, Any], timeout: float = 3.0) -> di
 def _wait_timed(serve: Any, since: float) -> tuple[int, float]:
     code = serve.wait(30)
     return code, time.monotonic() - since
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """The test's own NATS, so it outlives the serve being stopped and every reply can still arrive."""
-    server = EmbeddedNats(tmp_path / "nats-store")
-    server.start()
-    assert server.port != 4222
-    yield server
-    server.stop()
 
 
 async def _load_then_sigterm(  # noqa: PLR0915
