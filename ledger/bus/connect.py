@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 
+from ledger.bus.ordered_client import OrderedFlushClient
 from ledger.config import Settings
 from ledger.core.errors import Unavailable
 
@@ -66,19 +67,26 @@ async def connect(
 ) -> Client:
     """A connected client; a service reconnects forever, a CLI call fails fast with `Unavailable`."""
     servers = [u.strip() for u in url.split(",") if u.strip()]
+    options: dict[str, Any] = {  # nats-py annotates the timeouts as int; it takes seconds as float
+        "connect_timeout": connect_timeout,
+        "reconnect_time_wait": 0.5,
+        # nats-py reads 0 as "no limit": a one-shot caller needs 1 to fail fast.
+        "max_reconnect_attempts": -1 if reconnect_forever else 1,
+        **connect_options(settings),
+    }
+    nc = OrderedFlushClient()
     try:
-        return await nats.connect(
+        await nc.connect(
             servers=servers,
             name=name,
-            connect_timeout=connect_timeout,
-            # nats-py reads 0 as "no limit": a one-shot caller needs 1 to fail fast.
-            max_reconnect_attempts=-1 if reconnect_forever else 1,
             allow_reconnect=reconnect_forever,
-            reconnect_time_wait=0.5,
             error_cb=_on_error if reconnect_forever else _quiet,
             disconnected_cb=_on_disconnected,
             reconnected_cb=_on_reconnected,
-            **connect_options(settings),
+            **options,
         )
     except Exception as exc:
+        with contextlib.suppress(Exception):  # release the socket a refused connect may hold
+            await nc.close()
         raise Unavailable(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from None
+    return nc

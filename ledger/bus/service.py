@@ -98,6 +98,9 @@ class LedgerService:
         group = self._service.add_group(name=PREFIX, queue_group=QUEUE_GROUP)
         for name in ENDPOINTS:
             await group.add_endpoint(name=name, handler=self._accept(name))
+        # the endpoints' SUBs are only buffered so far: until the server has them, a request finds no
+        # responder, and whoever waits for `ledger serve` to be ready would be told too early
+        await self.nc.flush()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking requests, then let the ones in flight finish and answer.
@@ -106,13 +109,16 @@ class LedgerService:
         would drop requests the client library has already received but not yet handed to us.
         """
         if self._service is not None:
-            for endpoint in getattr(self._service, "_endpoints", []):
+            # nats-py's micro API has no drain of its own: drain each endpoint's subscription, then let
+            # stop() remove only the $SRV discovery subscriptions
+            endpoints = getattr(self._service, "_endpoints", [])
+            for endpoint in endpoints:
                 subscription = getattr(endpoint, "_subscription", None)
                 if subscription is not None:
                     with contextlib.suppress(Exception):
                         await subscription.drain()
-                    endpoint._subscription = None
-            with contextlib.suppress(Exception):
+            self._service._endpoints = []
+            with contextlib.suppress(Exception):  # NATS down: there is nothing left to tell it
                 await self._service.stop()
             self._service = None
         await asyncio.sleep(0)  # let the drained messages' callbacks create their tasks

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -122,12 +121,6 @@ async def test_sigterm_under_load_answers_what_was_sent_and_exits_0(
     await _load_then_sigterm(nats_server, serve_factory, tmp_path, 200, every=False)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN BUG (issue 5 left open): with 1000 validates in flight at SIGTERM, about half the runs "
-    "leave the last ~250 unanswered even though the endpoint subscriptions are drained, not unsubscribed "
-    "(ledger/bus/service.py LedgerService.stop); the cause is not found yet",
-)
 async def test_sigterm_answers_every_request_sent_before_it(
     nats_server: EmbeddedNats, serve_factory: ServeFactory, tmp_path: Path
 ) -> None:
