@@ -48,11 +48,13 @@ class EmbeddedNats:
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
+        # kept until stop: the server removes its ports file on exit and logs an error if it cannot
+        self._ports_dir: Path | None = None
 
     def start(self) -> str:
         """Start the server and wait until it accepts connections; returns its URL."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        ports_dir = Path(tempfile.mkdtemp(prefix="ledger-nats-ports-"))
+        ports_dir = self._ports_dir = Path(tempfile.mkdtemp(prefix="ledger-nats-ports-"))
         log_path = self.store_dir / "nats-server.log"
         args = [
             str(server_binary()),
@@ -77,8 +79,6 @@ class EmbeddedNats:
         except BaseException:
             self.stop()
             raise
-        finally:
-            shutil.rmtree(ports_dir, ignore_errors=True)
         return self.url
 
     def _wait_for_ports(self, ports_dir: Path, log_path: Path) -> str:
@@ -104,8 +104,14 @@ class EmbeddedNats:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (JetStream shuts down cleanly, the store survives), then SIGKILL if it hangs."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
+        try:
+            if process is not None and process.poll() is None:
+                self._terminate(process, timeout)
+        finally:
+            self._remove_ports_dir()
+
+    @staticmethod
+    def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=timeout)
@@ -121,6 +127,12 @@ class EmbeddedNats:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
             self.process = None
+        self._remove_ports_dir()
+
+    def _remove_ports_dir(self) -> None:
+        if self._ports_dir is not None:
+            shutil.rmtree(self._ports_dir, ignore_errors=True)
+            self._ports_dir = None
 
     def __enter__(self) -> EmbeddedNats:
         self.start()
