@@ -463,53 +463,60 @@ def verdict(table: list[dict[str, Any]]) -> dict[str, bool]:
 
 
 class _Probe:
-    """Wraps the service's validate handler: per-thread cProfile (CPU time) and per-phase wall time."""
+    """Wraps the service's group-commit call (`ledger.reserve_many`): per-thread cProfile (CPU time) and
+    per-phase wall time per request."""
 
     def __init__(self, service: Any, service_module: Any, *, profile: bool) -> None:
         self.profile = profile
         self.phases: Counter[str] = Counter()
+        self.groups = 0
         self.profiles: list[cProfile.Profile] = []
         self._local = threading.local()
         self._module = service_module
         self._parse = service_module.parse_request
-        self._validate = service._handlers["validate"]
-        service._handlers["validate"] = self.validate
+        self._ledger = service.ledger
+        self._reserve_many = service.ledger.reserve_many
+        self._submitted: list[float] = []
+        service.ledger.reserve_many = self.reserve_many
         service_module.parse_request = self.parse
 
     def parse(self, endpoint: str, payload: bytes) -> dict[str, Any]:
         t0 = time.perf_counter()
         body = self._parse(endpoint, payload)
-        body["_t_submit"] = time.perf_counter()
-        self.phases["parse_request (event loop)"] += body["_t_submit"] - t0
+        t1 = time.perf_counter()
+        self._submitted.append(t1)
+        self.phases["parse_request (event loop)"] += t1 - t0
         return body
 
-    def validate(self, body: dict[str, Any]) -> dict[str, Any]:
+    def reserve_many(self, requests: list[Any]) -> list[Any]:
         t_start = time.perf_counter()
-        self.phases["executor queue + GIL wait (submit -> thread starts)"] += t_start - body.pop("_t_submit")
-        if not self.profile:
-            try:
-                return self._validate(body)
-            finally:
-                self.phases["validate handler in thread (wall, incl. lock + GIL waits)"] += (
-                    time.perf_counter() - t_start
-                )
-        profile = getattr(self._local, "profile", None)
-        if profile is None:
-            profile = self._local.profile = cProfile.Profile(time.thread_time)
-            self.profiles.append(profile)
-        profile.enable()
+        submitted, self._submitted = self._submitted[: len(requests)], self._submitted[len(requests) :]
+        self.phases["parsed -> group starts in a db thread (queue, hop, GIL)"] += sum(
+            t_start - t for t in submitted
+        )
+        self.groups += 1
+        profile = None
+        if self.profile:
+            profile = getattr(self._local, "profile", None)
+            if profile is None:
+                profile = self._local.profile = cProfile.Profile(time.thread_time)
+                self.profiles.append(profile)
+            profile.enable()
         try:
-            return self._validate(body)
+            return self._reserve_many(requests)
         finally:
-            profile.disable()
-            self.phases["validate handler in thread (wall, incl. lock + GIL waits)"] += (
+            if profile is not None:
+                profile.disable()
+            self.phases["reserve_many in the db thread (wall, per request in it)"] += (
                 time.perf_counter() - t_start
-            )
+            ) * len(requests)
 
     def restore(self) -> None:
         self._module.parse_request = self._parse
+        self._ledger.reserve_many = self._reserve_many
 
     def print(self, done: int) -> None:
+        print(f"  {self.groups} groups, {done / max(self.groups, 1):.1f} requests per group")
         for phase, seconds in self.phases.items():
             print(f"  {phase:60} {1000 * seconds / done:7.3f} ms/req")
         if not self.profiles:

@@ -32,9 +32,11 @@ from ledger.bus.protocol import (
     refusal,
     resource_field,
 )
-from ledger.core.capacity import AllocationRequest, check_amount
+from ledger.core.capacity import check_amount
 from ledger.core.errors import InvalidRequest, LedgerError
+from ledger.store.admission import Hold
 from ledger.store.ledger import Ledger
+from ledger.store.results import Grant
 
 log = logging.getLogger("ledger.service")
 
@@ -70,12 +72,16 @@ class LedgerService:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ledger-db")
         self._inflight: set[asyncio.Task[None]] = set()
         self._service: Service | None = None
+        self.max_inflight = max_inflight
         self.max_group = max_group
-        self._validates: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = (
-            asyncio.Queue()
-        )
+        self._backlog: list[tuple[Request, Hold]] = []  # parsed validates waiting for the next group
+        self._queued = asyncio.Event()  # the backlog is not empty
+        self._room = asyncio.Event()  # the backlog is below max_inflight
+        self._room.set()
+        self._idle = asyncio.Event()  # nothing waiting and no group being admitted
+        self._idle.set()
         self._admitter: asyncio.Task[None] | None = None
-        # validate goes through the group-commit admitter instead (see _admit_groups)
+        # validate is queued for group admission instead (see _accept_validate and _admit_groups)
         self._handlers: dict[str, Handler] = {
             "release": self._release,
             "status": self._status,
@@ -97,7 +103,8 @@ class LedgerService:
         )
         group = self._service.add_group(name=PREFIX, queue_group=QUEUE_GROUP)
         for name in ENDPOINTS:
-            await group.add_endpoint(name=name, handler=self._accept(name))
+            handler = self._accept_validate if name == "validate" else self._accept(name)
+            await group.add_endpoint(name=name, handler=handler)
         # the endpoints' SUBs are only buffered so far: until the server has them, a request finds no
         # responder, and whoever waits for `ledger serve` to be ready would be told too early
         await self.nc.flush()
@@ -124,36 +131,66 @@ class LedgerService:
         await asyncio.sleep(0)  # let the drained messages' callbacks create their tasks
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
         if self._admitter is not None:
             self._admitter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._admitter
         self._pool.shutdown(wait=True)
 
+    async def _accept_validate(self, request: Request) -> None:
+        """Parse and check the request here, then queue it for the next group (the reply comes from there).
+
+        Returns at once unless `max_inflight` validates are already waiting: then the endpoint stops taking
+        messages until there is room, and NATS buffers them.
+        """
+        try:
+            hold = self._validate_args(parse_request("validate", request.data))
+        except LedgerError as exc:
+            await self._refuse(request, exc)
+            return
+        while len(self._backlog) >= self.max_inflight:
+            self._room.clear()
+            await self._room.wait()
+        self._backlog.append((request, hold))
+        self._idle.clear()
+        self._queued.set()
+
     async def _admit_groups(self) -> None:
-        """Take every validate waiting (up to max_group) and admit them in one transaction."""
+        """Admit everything waiting (up to max_group) in one transaction, answer each, repeat.
+
+        On SQLite the group runs right here on the event loop when the write lock is free: it is a few local
+        statements, cheaper than the two thread hops it would take to run it elsewhere. When the lock is
+        taken (the event consumer's batch, another process), and always on PostgreSQL, whose statements wait
+        on the network, it runs in the thread pool.
+        """
         loop = asyncio.get_running_loop()
         while True:
-            group = [await self._validates.get()]
-            while len(group) < self.max_group and not self._validates.empty():
-                group.append(self._validates.get_nowait())
+            await self._queued.wait()
+            group, self._backlog = self._backlog[: self.max_group], self._backlog[self.max_group :]
+            if not self._backlog:
+                self._queued.clear()
+            self._room.set()
+            holds = [hold for _, hold in group]
+            outcomes: list[Grant | LedgerError] | None
             try:
-                requests = [self._validate_args(body) for body, _ in group]
-                results = await loop.run_in_executor(self._pool, self.ledger.reserve_many, requests)
-            except Exception as exc:
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(group, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, LedgerError):
-                    future.set_exception(result)
+                outcomes = self.ledger.try_reserve_many(holds)
+                if outcomes is None:
+                    outcomes = await loop.run_in_executor(self._pool, self.ledger.reserve_many, holds)
+            except LedgerError as exc:
+                outcomes = [exc] * len(group)
+            except Exception:
+                log.exception("validate failed")
+                outcomes = [LedgerError("internal error; see the ledger service's log")] * len(group)
+            for (request, _), outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, LedgerError):
+                    await self._refuse(request, outcome)
                 else:
-                    data = result.to_dict()
-                    data.pop("ok")
-                    future.set_result(data)
+                    with contextlib.suppress(Exception):  # the requester may have gone; nothing to undo
+                        await request.respond(ok(outcome.to_dict()))
+            if not self._backlog:
+                self._idle.set()
 
     def _accept(self, endpoint: str) -> Callable[[Request], Any]:
         async def accept(request: Request) -> None:
@@ -169,13 +206,7 @@ class LedgerService:
             try:
                 body = parse_request(endpoint, request.data)
                 loop = asyncio.get_running_loop()
-                if endpoint == "validate":
-                    ValidateRequest.from_body(body)  # refuse a malformed request before it joins a group
-                    future: asyncio.Future[dict[str, Any]] = loop.create_future()
-                    await self._validates.put((body, future))
-                    result = await future
-                else:
-                    result = await loop.run_in_executor(self._pool, self._handlers[endpoint], body)
+                result = await loop.run_in_executor(self._pool, self._handlers[endpoint], body)
                 reply = ok(result)
             except LedgerError as exc:
                 await self._refuse(request, exc)
@@ -206,7 +237,7 @@ class LedgerService:
 
     # ---- endpoint bodies (run in the thread pool) ---------------------------------------------
 
-    def _validate_args(self, body: dict[str, Any]) -> tuple[str, AllocationRequest, str | None, float | None]:
+    def _validate_args(self, body: dict[str, Any]) -> Hold:
         request = ValidateRequest.from_body(body)
         return self._host(body), request.allocation, request.idempotency_key, request.ttl_seconds
 

@@ -14,7 +14,7 @@ import json
 import math
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +31,7 @@ from ledger.core.gpu import GPUStatus
 from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
 from ledger.core.resources import DELETED_STATE, Capacity, ResourceType, Source
 from ledger.store import deadletters
+from ledger.store.admission import GroupAdmission, Hold
 from ledger.store.deadletters import DeadLetterRecord
 from ledger.store.engine import is_sqlite, make_engine
 from ledger.store.migrate import ensure_schema
@@ -137,6 +138,31 @@ def _negate(totals: Totals) -> Totals:
     return {k: -v for k, v in totals.items() if v}
 
 
+class _Checkpointer:
+    """Checkpoints a SQLite WAL from its own thread every `interval` seconds (PASSIVE: never blocks writers),
+    for a connection that commits on an event loop with automatic checkpoints off."""
+
+    def __init__(self, engine: Engine, interval: float = 0.25) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ledger-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            with contextlib.suppress(Exception):  # a busy or closed database: try again next time
+                connection = self._engine.raw_connection()
+                try:
+                    connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+                finally:
+                    connection.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+
 class Ledger:
     """The allocation ledger over one database; safe to use from many threads and processes at once."""
 
@@ -198,11 +224,15 @@ class Ledger:
         self._batch = threading.local()
         # SQLite has one writer at a time: threads of this process queue on a lock instead of spinning in
         # SQLite's busy handler (which sleeps in steps of up to 100 ms); other processes still wait there.
+        self._write_lock = threading.Lock()
         self._writer: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if self._sqlite else contextlib.nullcontext()
+            self._write_lock if self._sqlite else contextlib.nullcontext()
         )
         self._insert_reservation = insert(reservations)
         self._insert_log = insert(allocation_log)
+        self._admission = GroupAdmission(self, hosts, reservations, allocation_log)
+        self._nowait: Connection | None = None  # try_reserve_many's own connection, made on first use
+        self._checkpointer: _Checkpointer | None = None
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True, **options: Any) -> Ledger:
@@ -217,6 +247,12 @@ class Ledger:
         return cls(engine, **options)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
+        if self._nowait is not None:
+            self._nowait.close()
+            self._nowait = None
         self.engine.dispose()
 
     # ---- transactions -------------------------------------------------------------------------
@@ -239,17 +275,22 @@ class Ledger:
 
         The event consumer applies a fetched batch this way: one commit for many events, acked after it.
         """
-        if getattr(self._batch, "conn", None) is not None:
-            raise RuntimeError("batches do not nest")
         try:
-            with self._writer, self.engine.begin() as conn:
-                self._batch.conn, self._batch.locked = conn, {}
-                try:
-                    yield
-                finally:
-                    self._batch.conn, self._batch.locked = None, None
+            with self._writer, self.engine.begin() as conn, self._joined(conn):
+                yield
         except OperationalError as exc:
             raise Unavailable(f"database unavailable: {str(exc.orig).strip()}") from exc
+
+    @contextmanager
+    def _joined(self, conn: Connection) -> Iterator[None]:
+        """Make `conn` the transaction every write on this thread joins, for the block."""
+        if getattr(self._batch, "conn", None) is not None:
+            raise RuntimeError("batches do not nest")
+        self._batch.conn, self._batch.locked = conn, {}
+        try:
+            yield
+        finally:
+            self._batch.conn, self._batch.locked = None, None
 
     @property
     def in_batch(self) -> bool:
@@ -314,30 +355,32 @@ class Ledger:
         cause: str,
         delta: Totals,
     ) -> None:
-        if not delta:
-            return
+        if delta:
+            conn.execute(self._insert_log, self._log_row(host_id, kind, entity_id, action, cause, delta))
+
+    def _log_row(
+        self, host_id: str, kind: str, entity_id: str, action: str, cause: str, delta: Totals
+    ) -> dict[str, Any]:
+        """The allocation_log row for a change of `delta` to a host's totals."""
         bucket = "pending" if any(k.startswith("pend_") for k in delta) else "allocated"
         disk = sum(
             delta.get(k, 0) for k in ("images_bytes", "oci_cache_bytes", "volumes_bytes", "overlays_bytes")
         )
-        conn.execute(
-            self._insert_log,
-            {
-                "host_id": host_id,
-                "at": self.clock(),
-                "entity_kind": kind,
-                "entity_id": entity_id,
-                "action": action,
-                "bucket": bucket,
-                "cause": cause[:255],
-                "cpu": delta.get("alloc_cpu", 0) + delta.get("pend_cpu", 0),
-                "memory_bytes": delta.get("alloc_memory", 0) + delta.get("pend_memory", 0),
-                "disk_bytes": disk + delta.get("pend_disk", 0),
-                "network_bps": delta.get("alloc_network", 0) + delta.get("pend_network", 0),
-                "disk_io_bps": delta.get("alloc_disk_io", 0) + delta.get("pend_disk_io", 0),
-                "gpu": delta.get("alloc_gpu", 0) + delta.get("pend_gpu", 0),
-            },
-        )
+        return {
+            "host_id": host_id,
+            "at": self.clock(),
+            "entity_kind": kind,
+            "entity_id": entity_id,
+            "action": action,
+            "bucket": bucket,
+            "cause": cause[:255],
+            "cpu": delta.get("alloc_cpu", 0) + delta.get("pend_cpu", 0),
+            "memory_bytes": delta.get("alloc_memory", 0) + delta.get("pend_memory", 0),
+            "disk_bytes": disk + delta.get("pend_disk", 0),
+            "network_bps": delta.get("alloc_network", 0) + delta.get("pend_network", 0),
+            "disk_io_bps": delta.get("alloc_disk_io", 0) + delta.get("pend_disk_io", 0),
+            "gpu": delta.get("alloc_gpu", 0) + delta.get("pend_gpu", 0),
+        }
 
     # ---- hosts --------------------------------------------------------------------------------
 
@@ -445,7 +488,8 @@ class Ledger:
 
     # ---- status -------------------------------------------------------------------------------
 
-    def _statuses(self, conn: Connection, host: Row[Any]) -> dict[ResourceType, ResourceStatus]:
+    def _statuses(self, conn: Connection, host: Any) -> dict[ResourceType, ResourceStatus]:
+        """`host`: its row, or any object with the same attributes (group admission's running copy)."""
         cached = self._capacity_cache.get(host.host_id)
         if cached is not None and cached[0] == host.capacity_version:
             rows = cached[1]
@@ -475,7 +519,7 @@ class Ledger:
         return result
 
     @staticmethod
-    def _gpu_slots(host: Row[Any]) -> GpuSlots | None:
+    def _gpu_slots(host: Any) -> GpuSlots | None:
         if not host.gpu_total:
             return None
         status = json.loads(host.gpu_status) if host.gpu_status else {}
@@ -572,16 +616,7 @@ class Ledger:
         Raises InsufficientResources naming the first resource (cpu, memory, network, disk I/O, disk, GPU)
         that does not fit. The same idempotency key returns the same grant and holds nothing more.
         """
-        ttl = self.reservation_ttl if ttl is None else ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_SECONDS:
-            raise InvalidRequest(
-                f"ttl_seconds must be greater than 0 and at most {MAX_TTL_SECONDS}, got {ttl!r}",
-                field="ttl_seconds",
-            )
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
-        ):
-            raise InvalidRequest("idempotency_key must be 1 to 255 characters", field="idempotency_key")
+        ttl = self._hold_ttl(ttl, idempotency_key)
         with self._locked(host_id) as (conn, host):
             if idempotency_key is not None:
                 earlier = (
@@ -596,54 +631,74 @@ class Ledger:
                 )
                 if earlier is not None:
                     return self._replay(earlier, request)
-            statuses = self._statuses(conn, host)
-            refusal = rules.first_shortfall(request, statuses)
-            if refusal is None:
-                slots = self._gpu_slots(host)
-                refusal = rules.gpu_shortfall(request, slots)
-                profiles = slots.profiles if slots else {}
-                if (
-                    refusal is None
-                    and request.gpu_profile
-                    and profiles
-                    and request.gpu_profile not in profiles
-                ):
-                    raise InvalidRequest(
-                        f"unknown GPU profile {request.gpu_profile!r}; this host offers: "
-                        f"{', '.join(sorted(profiles))}",
-                        field="gpu_profile",
-                    )
+            refusal = self._refusal(conn, host, request)
             if refusal is not None:
-                refusal.details["host"] = host_id
-                self._explain_undetected(host_id, refusal)
                 raise refusal
-            now = self.clock()
-            reservation_id = uuid.uuid4().hex
-            expires_at = now + timedelta(seconds=ttl)
-            row: dict[str, Any] = {
-                "reservation_id": reservation_id,
-                "host_id": host_id,
-                "idempotency_key": idempotency_key,
-                "status": HELD,
-                "vcpus": request.vcpus,
-                "memory_bytes": request.memory_bytes,
-                "disk_bytes": request.disk_bytes,
-                "network_download_bps": request.network_download_bps,
-                "network_upload_bps": request.network_upload_bps,
-                "disk_io_bps": request.disk_io_bps,
-                "gpu": 1 if request.wants_gpu else 0,
-                "gpu_profile": request.gpu_profile,
-                "created_at": now,
-                "expires_at": expires_at,
-                "ended_at": None,
-                "instance_id": None,
-            }
+            row = self._hold_row(host_id, request, idempotency_key, ttl)
             conn.execute(self._insert_reservation, row)
             delta = {k: v for k, v in _hold_usage(row).items() if v}
+            expires_at = row["expires_at"]
             next_expiry = expires_at if host.next_expiry is None else min(host.next_expiry, expires_at)
             self._move(conn, host_id, delta, next_expiry=next_expiry)
-            self._log(conn, host_id, "reservation", reservation_id, "reserved", "api", delta)
-            return Grant(reservation_id, host_id, HELD, expires_at, idempotency_key)
+            self._log(conn, host_id, "reservation", row["reservation_id"], "reserved", "api", delta)
+            return Grant(row["reservation_id"], host_id, HELD, expires_at, idempotency_key)
+
+    def _hold_ttl(self, ttl: float | None, idempotency_key: str | None) -> float:
+        """The hold's TTL in seconds (the default when not given); InvalidRequest for a bad TTL or key."""
+        ttl = self.reservation_ttl if ttl is None else ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_SECONDS:
+            raise InvalidRequest(
+                f"ttl_seconds must be greater than 0 and at most {MAX_TTL_SECONDS}, got {ttl!r}",
+                field="ttl_seconds",
+            )
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
+        ):
+            raise InvalidRequest("idempotency_key must be 1 to 255 characters", field="idempotency_key")
+        return float(ttl)
+
+    def _refusal(self, conn: Connection, host: Any, request: AllocationRequest) -> LedgerError | None:
+        """Why `request` does not fit on `host` as its totals stand (None when it fits); InvalidRequest for a
+        GPU profile the host does not offer."""
+        refusal = rules.first_shortfall(request, self._statuses(conn, host))
+        if refusal is None:
+            slots = self._gpu_slots(host)
+            refusal = rules.gpu_shortfall(request, slots)
+            profiles = slots.profiles if slots else {}
+            if refusal is None and request.gpu_profile and profiles and request.gpu_profile not in profiles:
+                raise InvalidRequest(
+                    f"unknown GPU profile {request.gpu_profile!r}; this host offers: "
+                    f"{', '.join(sorted(profiles))}",
+                    field="gpu_profile",
+                )
+        if refusal is not None:
+            refusal.details["host"] = host.host_id
+            self._explain_undetected(host.host_id, refusal)
+        return refusal
+
+    def _hold_row(
+        self, host_id: str, request: AllocationRequest, idempotency_key: str | None, ttl: float
+    ) -> dict[str, Any]:
+        """A new held reservation's row."""
+        now = self.clock()
+        return {
+            "reservation_id": uuid.uuid4().hex,
+            "host_id": host_id,
+            "idempotency_key": idempotency_key,
+            "status": HELD,
+            "vcpus": request.vcpus,
+            "memory_bytes": request.memory_bytes,
+            "disk_bytes": request.disk_bytes,
+            "network_download_bps": request.network_download_bps,
+            "network_upload_bps": request.network_upload_bps,
+            "disk_io_bps": request.disk_io_bps,
+            "gpu": 1 if request.wants_gpu else 0,
+            "gpu_profile": request.gpu_profile,
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=ttl),
+            "ended_at": None,
+            "instance_id": None,
+        }
 
     def _explain_undetected(self, host_id: str, refusal: LedgerError) -> None:
         """A refusal on a capacity discovery could not read says which setting would fix it."""
@@ -655,20 +710,47 @@ class Ledger:
             refusal.details["hint"] = hint
             refusal.args = (refusal.message,)
 
-    def reserve_many(
-        self, requests: list[tuple[str, AllocationRequest, str | None, float | None]]
-    ) -> list[Grant | LedgerError]:
+    def reserve_many(self, holds: Sequence[Hold]) -> list[Grant | LedgerError]:
         """Admit many requests in arrival order in ONE transaction (group commit): each is checked against
         the totals its predecessors left, exactly as if reserved one by one. A refusal writes nothing, so it
         is returned in its place without spoiling the others."""
-        results: list[Grant | LedgerError] = []
         with self.batch():
-            for host_id, request, key, ttl in requests:
-                try:
-                    results.append(self.reserve(host_id, request, idempotency_key=key, ttl=ttl))
-                except LedgerError as exc:
-                    results.append(exc)
-        return results
+            return self._admission.admit(self._batch.conn, holds)
+
+    def try_reserve_many(self, holds: Sequence[Hold]) -> list[Grant | LedgerError] | None:
+        """`reserve_many` if the write lock is free right now, else None at once (never waits for it).
+
+        SQLite only (None on PostgreSQL): with the lock free, admission is a few local statements, cheap
+        enough for an event loop to run in place instead of paying two thread hops per group. A connection
+        kept for this with SQLite's busy timeout at 0 makes a lock held by another process a quick None too.
+        """
+        if not self._sqlite or not self._write_lock.acquire(blocking=False):
+            return None
+        try:
+            conn = self._nowait_connection()
+            try:
+                transaction = conn.begin()  # BEGIN IMMEDIATE: fails at once when another writer has the lock
+            except OperationalError:
+                return None
+            try:
+                with transaction, self._joined(conn):
+                    return self._admission.admit(conn, holds)
+            except OperationalError as exc:
+                raise Unavailable(f"database unavailable: {str(exc.orig).strip()}") from exc
+        finally:
+            self._write_lock.release()
+
+    def _nowait_connection(self) -> Connection:
+        if self._nowait is None:
+            conn = self.engine.connect()
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None
+            dbapi.execute("PRAGMA busy_timeout = 0")
+            # Its commits run on an event loop: leave WAL checkpoints (milliseconds of I/O) to a thread.
+            dbapi.execute("PRAGMA wal_autocheckpoint = 0")
+            self._nowait = conn
+            self._checkpointer = _Checkpointer(self.engine)
+        return self._nowait
 
     @staticmethod
     def _replay(earlier: RowLike, request: AllocationRequest) -> Grant:

@@ -1,0 +1,253 @@
+"""Group admission: many validates admitted in one transaction with a handful of statements per host.
+
+`Ledger.reserve` is the reference. For a group of requests this path reads each host row once (locked),
+looks up the group's idempotency keys in one query, decides every request in Python in arrival order
+against the totals its predecessors left, then writes all holds and log rows with one `executemany` each
+and moves the host's totals once. The decisions are the reference's: refusals are built by the same code
+from the same numbers, and anything unusual is handed to `Ledger.reserve` itself (a GPU request, a host
+with holds due to expire, an unknown host).
+
+The hot statements run on the DBAPI cursor of the transaction's own connection: for these one-row
+statements SQLAlchemy's execution layer costs several times what the database does. Values are converted
+with the columns' own SQLAlchemy type processors, so the rows are the ones the ORM path would write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Column, Connection, Table
+
+from ledger.core.capacity import AllocationRequest
+from ledger.core.errors import LedgerError
+from ledger.core.resources import ADMISSION_ORDER, ResourceType
+from ledger.store.results import Grant
+
+if TYPE_CHECKING:
+    from ledger.store.ledger import Ledger
+
+Hold = tuple[str, AllocationRequest, str | None, float | None]  # host, request, idempotency key, ttl
+Outcome = Grant | LedgerError
+
+# Reservation columns a replay compares, plus what a Grant needs.
+_REPLAY_COLUMNS = (
+    "reservation_id",
+    "host_id",
+    "idempotency_key",
+    "status",
+    "vcpus",
+    "memory_bytes",
+    "disk_bytes",
+    "network_download_bps",
+    "network_upload_bps",
+    "disk_io_bps",
+    "gpu",
+    "gpu_profile",
+    "expires_at",
+)
+# A hold adds to exactly these host totals (GPU holds go through Ledger.reserve).
+_PENDING = {
+    ResourceType.CPU: "pend_cpu",
+    ResourceType.MEMORY: "pend_memory",
+    ResourceType.DISK: "pend_disk",
+    ResourceType.NETWORK: "pend_network",
+    ResourceType.DISK_IO: "pend_disk_io",
+}
+
+
+class GroupAdmission:
+    """Admits a group of holds inside a transaction `Ledger.batch()` opened (see the module docstring)."""
+
+    def __init__(self, ledger: Ledger, hosts: Table, reservations: Table, allocation_log: Table) -> None:
+        from ledger.store.ledger import TOTAL_COLUMNS
+
+        self.ledger = ledger
+        dialect = ledger.engine.dialect
+        sqlite = dialect.name == "sqlite"
+        mark = "?" if sqlite else "%s"  # sqlite3: qmark; psycopg: format
+
+        def marks(n: int) -> str:
+            return ", ".join([mark] * n)
+
+        self._host_columns = (
+            "host_id",
+            "capacity_version",
+            "next_expiry",
+            "gpu_total",
+            "gpu_status",
+            *TOTAL_COLUMNS,
+        )
+        self._select_host = (
+            f"SELECT {', '.join(self._host_columns)} FROM hosts WHERE host_id = {mark}"
+            + ("" if sqlite else " FOR UPDATE")  # SQLite: BEGIN IMMEDIATE already holds the write lock
+        )
+        self._select_keys = (
+            f"SELECT {', '.join(_REPLAY_COLUMNS)} FROM reservations "
+            f"WHERE host_id = {mark} AND idempotency_key IN ({{marks}})"
+        )
+        self._mark = mark
+        self._hold_columns = tuple(c.name for c in reservations.c)
+        self._insert_hold = (
+            f"INSERT INTO reservations ({', '.join(self._hold_columns)}) "
+            f"VALUES ({marks(len(self._hold_columns))})"
+        )
+        self._log_columns = tuple(c.name for c in allocation_log.c if c.name != "id")
+        self._insert_log = (
+            f"INSERT INTO allocation_log ({', '.join(self._log_columns)}) "
+            f"VALUES ({marks(len(self._log_columns))})"
+        )
+        pending = ", ".join(f"{c} = {c} + {mark}" for c in _PENDING.values())
+        self._move_totals = f"UPDATE hosts SET {pending}, next_expiry = {mark} WHERE host_id = {mark}"
+        self._bind_hold = _binders(reservations, self._hold_columns, dialect)
+        self._bind_log = _binders(allocation_log, self._log_columns, dialect)
+        self._read_time = _reader(hosts.c.next_expiry, dialect)
+        self._bind_time = _binder(hosts.c.next_expiry, dialect)
+
+    def admit(self, conn: Connection, holds: Sequence[Hold]) -> list[Outcome]:
+        """The outcome of every hold, in order; requests for different hosts do not affect each other."""
+        outcomes: list[Outcome | None] = [None] * len(holds)
+        by_host: dict[str, list[int]] = {}
+        for index, hold in enumerate(holds):
+            by_host.setdefault(hold[0], []).append(index)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for host_id, indices in by_host.items():
+                self._admit_on_host(conn, cursor, host_id, [(i, holds[i]) for i in indices], outcomes)
+        finally:
+            cursor.close()
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def _admit_on_host(
+        self,
+        conn: Connection,
+        cursor: Any,
+        host_id: str,
+        items: list[tuple[int, Hold]],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        ledger = self.ledger
+        cursor.execute(self._select_host, (host_id,))
+        found = cursor.fetchone()
+        host = None if found is None else SimpleNamespace(**dict(zip(self._host_columns, found, strict=True)))
+        if host is not None:
+            host.next_expiry = self._read_time(host.next_expiry)
+        if host is None or not self._simple(host, items):
+            for index, (_, request, key, ttl) in items:  # the reference path, one by one
+                outcomes[index] = _outcome(ledger, host_id, request, key, ttl)
+            return
+        available = {r: s.available for r, s in ledger._statuses(conn, host).items()}
+        earlier = self._earlier_holds(cursor, host_id, [key for _, (_, _, key, _) in items if key])
+        added = {column: 0 for column in _PENDING.values()}
+        new_holds: list[dict[str, Any]] = []
+        log_rows: list[dict[str, Any]] = []
+        for index, (_, request, key, asked_ttl) in items:
+            try:
+                ttl = ledger._hold_ttl(asked_ttl, key)
+                if key is not None and key in earlier:
+                    outcomes[index] = ledger._replay(earlier[key], request)
+                    continue
+                if any(available[r] < request.demand(r) for r in ADMISSION_ORDER if request.demand(r) > 0):
+                    refusal = ledger._refusal(conn, host, request)  # the reference decides, same numbers
+                    if refusal is not None:
+                        raise refusal
+            except LedgerError as exc:
+                outcomes[index] = exc
+                continue
+            row = ledger._hold_row(host_id, request, key, ttl)
+            new_holds.append(row)
+            if key is not None:
+                earlier[key] = row
+            delta = {}
+            for resource, column in _PENDING.items():
+                amount = request.demand(resource)
+                if amount:
+                    available[resource] = max(0, available[resource] - amount)
+                    setattr(host, column, getattr(host, column) + amount)
+                    added[column] += amount
+                    delta[column] = amount
+            if delta:
+                log_rows.append(
+                    ledger._log_row(host_id, "reservation", row["reservation_id"], "reserved", "api", delta)
+                )
+            outcomes[index] = Grant(row["reservation_id"], host_id, row["status"], row["expires_at"], key)
+        self._write(cursor, host_id, host.next_expiry, added, new_holds, log_rows)
+
+    def _simple(self, host: SimpleNamespace, items: list[tuple[int, Hold]]) -> bool:
+        """Whether this path may decide: no GPU wanted, and no hold on the host due to expire."""
+        if any(request.wants_gpu for _, (_, request, _, _) in items):
+            return False
+        return host.next_expiry is None or self.ledger.clock() < host.next_expiry
+
+    def _earlier_holds(self, cursor: Any, host_id: str, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """Reservations already made on this host under any of `keys`, by key."""
+        if not keys:
+            return {}
+        unique = sorted(set(keys))
+        cursor.execute(
+            self._select_keys.format(marks=", ".join([self._mark] * len(unique))), (host_id, *unique)
+        )
+        found = {}
+        for values in cursor.fetchall():
+            row = dict(zip(_REPLAY_COLUMNS, values, strict=True))
+            row["expires_at"] = self._read_time(row["expires_at"])
+            found[row["idempotency_key"]] = row
+        return found
+
+    def _write(
+        self,
+        cursor: Any,
+        host_id: str,
+        next_expiry: datetime | None,
+        added: dict[str, int],
+        new_holds: list[dict[str, Any]],
+        log_rows: list[dict[str, Any]],
+    ) -> None:
+        """The group's holds and log rows, then the host's totals moved once (and its next expiry lowered)."""
+        if not new_holds:
+            return
+        cursor.executemany(self._insert_hold, [self._bind_hold(row) for row in new_holds])
+        if log_rows:
+            cursor.executemany(self._insert_log, [self._bind_log(row) for row in log_rows])
+        earliest = min(row["expires_at"] for row in new_holds)
+        next_expiry = earliest if next_expiry is None else min(next_expiry, earliest)
+        cursor.execute(self._move_totals, (*added.values(), self._bind_time(next_expiry), host_id))
+
+
+def _outcome(
+    ledger: Ledger, host_id: str, request: AllocationRequest, key: str | None, ttl: float | None
+) -> Outcome:
+    try:
+        return ledger.reserve(host_id, request, idempotency_key=key, ttl=ttl)
+    except LedgerError as exc:
+        return exc
+
+
+def _binder(column: Column[Any], dialect: Any) -> Callable[[Any], Any]:
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return process if process is not None else _same
+
+
+def _reader(column: Column[Any], dialect: Any) -> Callable[[Any], Any]:
+    process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+    return process if process is not None else _same
+
+
+def _binders(
+    table: Table, columns: tuple[str, ...], dialect: Any
+) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A row dict → the parameter tuple for `columns`, each value as the column's type would bind it."""
+    processors = [_binder(table.c[name], dialect) for name in columns]
+    pairs = list(zip(columns, processors, strict=True))
+
+    def bind(row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(process(row[name]) for name, process in pairs)
+
+    return bind
+
+
+def _same(value: Any) -> Any:
+    return value

@@ -1,0 +1,237 @@
+"""Group admission (`Ledger.reserve_many`, ledger/store/admission.py) must decide exactly what `reserve`
+called once per request decides: the same grants and refusals with the same messages, the same totals,
+the same rows, no drift. Checked on both engines with random groups, then the lock behaviour of
+`try_reserve_many`."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from ledger.core.capacity import AllocationRequest
+from ledger.core.errors import LedgerError
+from ledger.core.gpu import GPUProfile, GPUStatus
+from ledger.core.resources import ResourceType
+from ledger.store.admission import Hold
+from ledger.store.ledger import Ledger, allocation_log, reservations
+from ledger.store.results import Grant
+from tests.conftest import capacities
+
+GIB = 2**30
+RATIOS = {ResourceType.CPU: 2.0, ResourceType.MEMORY: 1.0}
+GPU = GPUStatus(
+    mode="vgpu",
+    total_slots=2,
+    used_slots=0,
+    profiles=(GPUProfile(name="A16-4Q", type_id="nvidia-1", framebuffer_mb=4096, available=2),),
+)
+
+
+FAST_GROUPS: list[int] = []  # per example: host groups the group path decided (not the reference)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+requests = st.builds(
+    AllocationRequest,
+    vcpus=st.integers(0, 5),
+    memory_bytes=st.sampled_from([0, GIB // 2, GIB, 3 * GIB]),
+    disk_bytes=st.sampled_from([0, 10**9, 200 * 10**9]),
+    network_download_bps=st.sampled_from([0, 10**6, 400 * 10**6]),
+    network_upload_bps=st.sampled_from([0, 10**6]),
+    disk_io_bps=st.sampled_from([0, 10**8]),
+    # GPU requests are rare (a group with one goes the reference way)
+    needs_gpu=st.sampled_from([False] * 29 + [True]),
+    gpu_profile=st.sampled_from([None] * 38 + ["A16-4Q", "no-such-profile"]),
+)
+holds = st.tuples(
+    st.sampled_from(["main"] * 8 + ["other", "missing"]),  # host (one never registered)
+    requests,
+    st.sampled_from([None, None, "k1", "k2", "k3"]),  # keys repeat: replays and conflicts
+    st.sampled_from([None, None, 30.0, 90, 0, 10**9]),  # ttl; 0 and 10**9 are invalid
+)
+rounds = st.lists(st.tuples(st.integers(0, 45), st.lists(holds, min_size=1, max_size=12)), max_size=8)
+
+
+def _ledgers(db_url: str, clock: Clock) -> tuple[Ledger, Ledger, dict[str, str], dict[str, str]]:
+    """Two ledgers on the database, each with its own host names, registered identically."""
+    names = []
+    for _ in range(2):
+        run = uuid.uuid4().hex[:8]
+        names.append({h: f"{h}-{run}" for h in ("main", "other", "missing")})
+    opened = []
+    for hosts in names:
+        ledger = Ledger.open(db_url, migrate=False, clock=clock, reservation_ttl=60)
+        ledger.register_host(hosts["main"], capacities(cpu=8, memory=8 * GIB, network=10**9), RATIOS, GPU)
+        ledger.register_host(hosts["other"], capacities(cpu=2, memory=2 * GIB), {})
+        opened.append(ledger)
+    return opened[0], opened[1], names[0], names[1]
+
+
+def _shape(outcome: Grant | LedgerError, hosts: dict[str, str]) -> tuple[Any, ...]:
+    """An outcome with everything that legitimately differs (ids, host names) taken out."""
+
+    def plain(text: str) -> str:
+        for generic, real in hosts.items():
+            text = text.replace(real, generic)
+        return text
+
+    if isinstance(outcome, Grant):
+        return (
+            "grant",
+            plain(outcome.host_id),
+            outcome.status,
+            outcome.expires_at,
+            outcome.idempotency_key,
+            outcome.replayed,
+        )
+    details = {k: plain(v) if isinstance(v, str) else v for k, v in outcome.details.items()}
+    details.pop("reservation_id", None)  # a conflict names the earlier reservation's id
+    return (
+        type(outcome).__name__,
+        plain(outcome.message).split(" (reservation ")[0],
+        sorted(details.items()),
+    )
+
+
+def _one_by_one(ledger: Ledger, group: list[Hold]) -> list[Grant | LedgerError]:
+    outcomes: list[Grant | LedgerError] = []
+    for host, request, key, ttl in group:
+        try:
+            outcomes.append(ledger.reserve(host, request, idempotency_key=key, ttl=ttl))
+        except LedgerError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def _rows(ledger: Ledger, host: str) -> list[tuple[Any, ...]]:
+    with ledger.engine.connect() as conn:
+        holds = conn.execute(select(reservations).where(reservations.c.host_id == host)).mappings().all()
+        logs = (
+            conn.execute(
+                select(allocation_log).where(allocation_log.c.host_id == host).order_by(allocation_log.c.id)
+            )
+            .mappings()
+            .all()
+        )
+    # holds made in one round share created_at, and a sweep logs expiries in whatever order the database
+    # returns them: compare as multisets
+    shaped = sorted(
+        (tuple(v for k, v in r.items() if k not in {"reservation_id", "host_id"}) for r in holds), key=repr
+    )
+    shaped += sorted(
+        (tuple(v for k, v in r.items() if k not in {"id", "host_id", "entity_id"}) for r in logs), key=repr
+    )
+    return shaped
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rounds=rounds)
+def test_group_admission_decides_exactly_as_one_by_one(db_url: str, rounds: list[Any]) -> None:
+    clock = Clock()
+    grouped, single, grouped_hosts, single_hosts = _ledgers(db_url, clock)
+    FAST_GROUPS.append(0)
+    write = grouped._admission._write
+
+    def counted(*args: Any) -> None:
+        FAST_GROUPS[-1] += 1
+        write(*args)
+
+    grouped._admission._write = counted  # type: ignore[method-assign]
+    try:
+        for advance, group in rounds:
+            clock.now += timedelta(seconds=advance)  # holds of 30 s expire between rounds: sweeps happen
+            got = grouped.reserve_many([(grouped_hosts[h], r, k, t) for h, r, k, t in group])
+            want = _one_by_one(single, [(single_hosts[h], r, k, t) for h, r, k, t in group])
+            assert [_shape(o, grouped_hosts) for o in got] == [_shape(o, single_hosts) for o in want]
+            for name in ("main", "other"):
+                mine, reference = (
+                    grouped.full_status(grouped_hosts[name]),
+                    single.full_status(single_hosts[name]),
+                )
+                assert mine.resources == reference.resources
+                assert mine.gpu == reference.gpu
+        for name in ("main", "other"):
+            assert _rows(grouped, grouped_hosts[name]) == _rows(single, single_hosts[name])
+        assert grouped.drift() == []
+    finally:
+        grouped.close()
+        single.close()
+
+
+def test_the_property_test_exercised_the_group_path() -> None:
+    """Runs after the property test (same module, file order): it must not have gone the reference way
+    for every group, or it compared the reference with itself."""
+    if not FAST_GROUPS:
+        pytest.skip("the property test did not run in this session")
+    assert sum(FAST_GROUPS) > len(FAST_GROUPS), FAST_GROUPS
+
+
+def test_try_reserve_many_returns_none_at_once_while_another_process_writes(sqlite_url: str) -> None:
+    ledger = Ledger.open(sqlite_url, migrate=False)
+    host = f"try-{uuid.uuid4().hex[:8]}"
+    ledger.register_host(host, capacities(), {})
+    hold: Hold = (host, AllocationRequest(vcpus=1), None, None)
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # what another process's write transaction looks like
+        started = datetime.now(UTC)
+        assert ledger.try_reserve_many([hold]) is None
+        assert datetime.now(UTC) - started < timedelta(seconds=1)  # did not sit in SQLite's busy handler
+        other.execute("ROLLBACK")
+        outcome = ledger.try_reserve_many([hold])
+        assert outcome is not None and isinstance(outcome[0], Grant)
+        assert ledger.status(host, ResourceType.CPU).pending == 1
+        assert ledger.drift() == []
+    finally:
+        other.close()
+        ledger.close()
+
+
+def test_try_reserve_many_returns_none_while_this_process_writes(sqlite_url: str) -> None:
+    ledger = Ledger.open(sqlite_url, migrate=False)
+    host = f"try-{uuid.uuid4().hex[:8]}"
+    ledger.register_host(host, capacities(), {})
+    try:
+        with ledger.batch():  # the event consumer's transaction, say
+            assert ledger.try_reserve_many([(host, AllocationRequest(vcpus=1), None, None)]) is None
+    finally:
+        ledger.close()
+
+
+def test_try_reserve_many_is_not_for_postgresql(pg_url: str) -> None:
+    ledger = Ledger.open(pg_url, migrate=False)
+    try:
+        assert ledger.try_reserve_many([("any", AllocationRequest(vcpus=1), None, None)]) is None
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("size", [1, 64])
+def test_a_group_that_fails_midway_writes_nothing(sqlite_url: str, size: int) -> None:
+    """A database error in the group's writes rolls back every hold of the group."""
+    ledger = Ledger.open(sqlite_url, migrate=False)
+    host = f"fail-{uuid.uuid4().hex[:8]}"
+    ledger.register_host(host, capacities(cpu=1000), {})
+    ledger._admission._move_totals = "UPDATE no_such_table SET x = 1"
+    try:
+        with pytest.raises(Exception, match="no_such_table"):
+            ledger.reserve_many([(host, AllocationRequest(vcpus=1), None, None)] * size)
+        assert ledger.status(host, ResourceType.CPU).pending == 0
+        with ledger.engine.connect() as conn:
+            assert conn.execute(select(reservations).where(reservations.c.host_id == host)).first() is None
+    finally:
+        ledger.close()
