@@ -463,8 +463,8 @@ def verdict(table: list[dict[str, Any]]) -> dict[str, bool]:
 
 
 class _Probe:
-    """Wraps the service's group-commit call (`ledger.reserve_many`): per-thread cProfile (CPU time) and
-    per-phase wall time per request."""
+    """Wraps the service's group admission (`ledger.try_reserve_many` on the event loop, else
+    `ledger.reserve_many` in a thread): per-thread cProfile (CPU time) and per-phase wall time per request."""
 
     def __init__(self, service: Any, service_module: Any, *, profile: bool) -> None:
         self.profile = profile
@@ -476,8 +476,10 @@ class _Probe:
         self._parse = service_module.parse_request
         self._ledger = service.ledger
         self._reserve_many = service.ledger.reserve_many
+        self._try_reserve_many = service.ledger.try_reserve_many
         self._submitted: list[float] = []
         service.ledger.reserve_many = self.reserve_many
+        service.ledger.try_reserve_many = self.try_reserve_many
         service_module.parse_request = self.parse
 
     def parse(self, endpoint: str, payload: bytes) -> dict[str, Any]:
@@ -487,6 +489,18 @@ class _Probe:
         self._submitted.append(t1)
         self.phases["parse_request (event loop)"] += t1 - t0
         return body
+
+    def try_reserve_many(self, requests: list[Any]) -> list[Any] | None:
+        t_start = time.perf_counter()
+        outcomes = self._try_reserve_many(requests)
+        if outcomes is not None:
+            submitted, self._submitted = self._submitted[: len(requests)], self._submitted[len(requests) :]
+            self.phases["parsed -> group starts on the event loop"] += sum(t_start - t for t in submitted)
+            self.phases["try_reserve_many on the event loop (wall, per request in it)"] += (
+                time.perf_counter() - t_start
+            ) * len(requests)
+            self.groups += 1
+        return outcomes
 
     def reserve_many(self, requests: list[Any]) -> list[Any]:
         t_start = time.perf_counter()
@@ -514,6 +528,7 @@ class _Probe:
     def restore(self) -> None:
         self._module.parse_request = self._parse
         self._ledger.reserve_many = self._reserve_many
+        self._ledger.try_reserve_many = self._try_reserve_many
 
     def print(self, done: int) -> None:
         print(f"  {self.groups} groups, {done / max(self.groups, 1):.1f} requests per group")

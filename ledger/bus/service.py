@@ -1,10 +1,11 @@
 """The `ledger` NATS micro service: request-reply endpoints under `ledger.v1.` over the one ledger core.
 
-The micro API awaits one handler at a time per endpoint, so each request is answered in its own task (up to
-`max_inflight` at once) and the database work runs in a thread pool. Validates that arrive together are
-admitted in one transaction (group commit, in arrival order, each against what its predecessors left), so
-one commit serves many callers. Correctness comes from the database's locks, so several replicas in the
-queue group share the load safely.
+The micro API awaits one handler at a time per endpoint, so no handler waits for the database: a validate is
+parsed and queued, and one admitter takes everything queued as a group into one transaction (in arrival
+order, each against what its predecessors left) and answers each, so one commit serves many callers. Other
+requests are answered in their own tasks (up to `max_inflight` at once) with the database work in a thread
+pool. Correctness comes from the database's locks, so several replicas in the queue group share the load
+safely.
 """
 
 from __future__ import annotations

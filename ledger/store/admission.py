@@ -9,7 +9,10 @@ with holds due to expire, an unknown host).
 
 The hot statements run on the DBAPI cursor of the transaction's own connection: for these one-row
 statements SQLAlchemy's execution layer costs several times what the database does. Values are converted
-with the columns' own SQLAlchemy type processors, so the rows are the ones the ORM path would write.
+with the columns' own SQLAlchemy type processors, so the rows are the ones the Core path would write. On
+PostgreSQL the writes go as one statement (a network round trip each costs more than the work). `admit`
+runs in a transaction of a SQLAlchemy Connection and may fall back on `Ledger.reserve`; `admit_plain`
+runs in one opened on the bare DBAPI connection and answers None where the fallback would be needed.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ _PENDING = {
 
 
 class GroupAdmission:
-    """Admits a group of holds inside a transaction `Ledger.batch()` opened (see the module docstring)."""
+    """Admits a group of holds inside the caller's transaction (see the module docstring)."""
 
     def __init__(self, ledger: Ledger, hosts: Table, reservations: Table, allocation_log: Table) -> None:
         from ledger.store.ledger import TOTAL_COLUMNS
@@ -89,6 +92,7 @@ class GroupAdmission:
             f"WHERE host_id = {mark} AND idempotency_key IN ({{marks}})"
         )
         self._mark = mark
+        self._sqlite = sqlite
         self._hold_columns = tuple(c.name for c in reservations.c)
         self._insert_hold = (
             f"INSERT INTO reservations ({', '.join(self._hold_columns)}) "
@@ -108,14 +112,28 @@ class GroupAdmission:
 
     def admit(self, conn: Connection, holds: Sequence[Hold]) -> list[Outcome]:
         """The outcome of every hold, in order; requests for different hosts do not affect each other."""
+        outcomes = self._admit(conn, conn.connection.dbapi_connection, holds)
+        assert outcomes is not None  # with a Connection, the reference path is always at hand
+        return outcomes
+
+    def admit_plain(self, dbapi_connection: Any, holds: Sequence[Hold]) -> list[Outcome] | None:
+        """`admit` in a transaction opened on the bare DBAPI connection, or None (the caller rolls back)
+        when a request needs `Ledger.reserve`, which works through SQLAlchemy."""
+        return self._admit(None, dbapi_connection, holds)
+
+    def _admit(
+        self, conn: Connection | None, dbapi_connection: Any, holds: Sequence[Hold]
+    ) -> list[Outcome] | None:
         outcomes: list[Outcome | None] = [None] * len(holds)
         by_host: dict[str, list[int]] = {}
         for index, hold in enumerate(holds):
             by_host.setdefault(hold[0], []).append(index)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor = dbapi_connection.cursor()
         try:
             for host_id, indices in by_host.items():
-                self._admit_on_host(conn, cursor, host_id, [(i, holds[i]) for i in indices], outcomes)
+                items = [(i, holds[i]) for i in indices]
+                if not self._admit_on_host(conn, cursor, host_id, items, outcomes):
+                    return None
         finally:
             cursor.close()
         assert all(o is not None for o in outcomes)
@@ -123,23 +141,27 @@ class GroupAdmission:
 
     def _admit_on_host(
         self,
-        conn: Connection,
+        conn: Connection | None,
         cursor: Any,
         host_id: str,
         items: list[tuple[int, Hold]],
         outcomes: list[Outcome | None],
-    ) -> None:
+    ) -> bool:
+        """Decide `items` (all for `host_id`) and write them; False if only the reference path can and
+        there is no `conn` to run it on."""
         ledger = self.ledger
         cursor.execute(self._select_host, (host_id,))
         found = cursor.fetchone()
         host = None if found is None else SimpleNamespace(**dict(zip(self._host_columns, found, strict=True)))
         if host is not None:
             host.next_expiry = self._read_time(host.next_expiry)
-        if host is None or not self._simple(host, items):
+        if host is None or not self._simple(host, items, cached_only=conn is None):
+            if conn is None:
+                return False
             for index, (_, request, key, ttl) in items:  # the reference path, one by one
                 outcomes[index] = _outcome(ledger, host_id, request, key, ttl)
-            return
-        available = {r: s.available for r, s in ledger._statuses(conn, host).items()}
+            return True
+        available = ledger._available(conn, host)
         earlier = self._earlier_holds(cursor, host_id, [key for _, (_, _, key, _) in items if key])
         added = {column: 0 for column in _PENDING.values()}
         new_holds: list[dict[str, Any]] = []
@@ -175,12 +197,16 @@ class GroupAdmission:
                 )
             outcomes[index] = Grant(row["reservation_id"], host_id, row["status"], row["expires_at"], key)
         self._write(cursor, host_id, host.next_expiry, added, new_holds, log_rows)
+        return True
 
-    def _simple(self, host: SimpleNamespace, items: list[tuple[int, Hold]]) -> bool:
-        """Whether this path may decide: no GPU wanted, and no hold on the host due to expire."""
+    def _simple(self, host: SimpleNamespace, items: list[tuple[int, Hold]], *, cached_only: bool) -> bool:
+        """Whether this path may decide: no GPU wanted, no hold on the host due to expire, and (without a
+        Connection to reload them on) the host's capacities in the cache."""
         if any(request.wants_gpu for _, (_, request, _, _) in items):
             return False
-        return host.next_expiry is None or self.ledger.clock() < host.next_expiry
+        if host.next_expiry is not None and self.ledger.clock() >= host.next_expiry:
+            return False
+        return not cached_only or self.ledger.capacities_cached(host)
 
     def _earlier_holds(self, cursor: Any, host_id: str, keys: list[str]) -> dict[str, dict[str, Any]]:
         """Reservations already made on this host under any of `keys`, by key."""
@@ -206,15 +232,33 @@ class GroupAdmission:
         new_holds: list[dict[str, Any]],
         log_rows: list[dict[str, Any]],
     ) -> None:
-        """The group's holds and log rows, then the host's totals moved once (and its next expiry lowered)."""
+        """The group's holds and log rows, then the host's totals moved once (and its next expiry lowered).
+
+        SQLite: three local calls. PostgreSQL: one statement (the inserts as data-modifying CTEs of the
+        update), since there every statement is a network round trip.
+        """
         if not new_holds:
             return
-        cursor.executemany(self._insert_hold, [self._bind_hold(row) for row in new_holds])
-        if log_rows:
-            cursor.executemany(self._insert_log, [self._bind_log(row) for row in log_rows])
         earliest = min(row["expires_at"] for row in new_holds)
         next_expiry = earliest if next_expiry is None else min(next_expiry, earliest)
-        cursor.execute(self._move_totals, (*added.values(), self._bind_time(next_expiry), host_id))
+        move = (*added.values(), self._bind_time(next_expiry), host_id)
+        holds = [self._bind_hold(row) for row in new_holds]
+        logs = [self._bind_log(row) for row in log_rows]
+        if self._sqlite:
+            cursor.executemany(self._insert_hold, holds)
+            if logs:
+                cursor.executemany(self._insert_log, logs)
+            cursor.execute(self._move_totals, move)
+            return
+        ctes = [f"new_holds AS ({self._rows_insert('reservations', self._hold_columns, len(holds))})"]
+        if logs:
+            ctes.append(f"new_logs AS ({self._rows_insert('allocation_log', self._log_columns, len(logs))})")
+        statement = f"WITH {', '.join(ctes)} {self._move_totals}"
+        cursor.execute(statement, [value for row in holds + logs for value in row] + list(move))
+
+    def _rows_insert(self, table: str, columns: tuple[str, ...], count: int) -> str:
+        row = f"({', '.join([self._mark] * len(columns))})"
+        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * count)}"
 
 
 def _outcome(
@@ -240,11 +284,17 @@ def _binders(
     table: Table, columns: tuple[str, ...], dialect: Any
 ) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     """A row dict → the parameter tuple for `columns`, each value as the column's type would bind it."""
-    processors = [_binder(table.c[name], dialect) for name in columns]
-    pairs = list(zip(columns, processors, strict=True))
+    converted = [
+        (position, process)
+        for position, name in enumerate(columns)
+        if (process := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    ]
 
     def bind(row: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(process(row[name]) for name, process in pairs)
+        values = [row[name] for name in columns]
+        for position, process in converted:
+            values[position] = process(values[position])
+        return tuple(values)
 
     return bind
 

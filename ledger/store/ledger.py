@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine, Row, Table, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from ledger.core import capacity as rules
 from ledger.core.capacity import AllocationRequest, GpuSlots, ResourceStatus
@@ -231,7 +233,7 @@ class Ledger:
         self._insert_reservation = insert(reservations)
         self._insert_log = insert(allocation_log)
         self._admission = GroupAdmission(self, hosts, reservations, allocation_log)
-        self._nowait: Connection | None = None  # try_reserve_many's own connection, made on first use
+        self._nowait: PoolProxiedConnection | None = None  # try_reserve_many's own, made on first use
         self._checkpointer: _Checkpointer | None = None
 
     @classmethod
@@ -488,14 +490,9 @@ class Ledger:
 
     # ---- status -------------------------------------------------------------------------------
 
-    def _statuses(self, conn: Connection, host: Any) -> dict[ResourceType, ResourceStatus]:
+    def _statuses(self, conn: Connection | None, host: Any) -> dict[ResourceType, ResourceStatus]:
         """`host`: its row, or any object with the same attributes (group admission's running copy)."""
-        cached = self._capacity_cache.get(host.host_id)
-        if cached is not None and cached[0] == host.capacity_version:
-            rows = cached[1]
-        else:
-            rows = {r.resource: r for r in conn.execute(self._select_capacities, {"host_id": host.host_id})}
-            self._capacity_cache[host.host_id] = (host.capacity_version, rows)
+        rows = self._capacity_rows(conn, host)
         result = {}
         for resource in ResourceType:
             allocated = sum(getattr(host, c) for c in _ALLOC_COLUMNS[resource])
@@ -517,6 +514,34 @@ class Ledger:
                     source=Source(cap.source),
                 )
         return result
+
+    def _capacity_rows(self, conn: Connection | None, host: Any) -> dict[str, Row[Any]]:
+        """The host's capacity rows by resource name, from the cache while its capacity_version holds;
+        `conn` may be None when `capacities_cached(host)`."""
+        cached = self._capacity_cache.get(host.host_id)
+        if cached is not None and cached[0] == host.capacity_version:
+            return cached[1]
+        if conn is None:
+            raise RuntimeError("capacities are not cached and there is no connection to load them")
+        rows = {r.resource: r for r in conn.execute(self._select_capacities, {"host_id": host.host_id})}
+        self._capacity_cache[host.host_id] = (host.capacity_version, rows)
+        return rows
+
+    def _available(self, conn: Connection | None, host: Any) -> dict[ResourceType, int]:
+        """What is left of each resource: `_statuses(...)[r].available` without building the statuses."""
+        rows = self._capacity_rows(conn, host)
+        left = {}
+        for resource in ResourceType:
+            cap = rows.get(resource.value)
+            allocated = sum(getattr(host, c) for c in _ALLOC_COLUMNS[resource])
+            pending = getattr(host, _PEND_COLUMN[resource])
+            left[resource] = rules.available(cap.effective_limit if cap else 0, allocated, pending)
+        return left
+
+    def capacities_cached(self, host: Any) -> bool:
+        """Whether the host's capacities, at the version its row names, are cached in this process."""
+        cached = self._capacity_cache.get(host.host_id)
+        return cached is not None and cached[0] == host.capacity_version
 
     @staticmethod
     def _gpu_slots(host: Any) -> GpuSlots | None:
@@ -657,7 +682,7 @@ class Ledger:
             raise InvalidRequest("idempotency_key must be 1 to 255 characters", field="idempotency_key")
         return float(ttl)
 
-    def _refusal(self, conn: Connection, host: Any, request: AllocationRequest) -> LedgerError | None:
+    def _refusal(self, conn: Connection | None, host: Any, request: AllocationRequest) -> LedgerError | None:
         """Why `request` does not fit on `host` as its totals stand (None when it fits); InvalidRequest for a
         GPU profile the host does not offer."""
         refusal = rules.first_shortfall(request, self._statuses(conn, host))
@@ -718,39 +743,51 @@ class Ledger:
             return self._admission.admit(self._batch.conn, holds)
 
     def try_reserve_many(self, holds: Sequence[Hold]) -> list[Grant | LedgerError] | None:
-        """`reserve_many` if the write lock is free right now, else None at once (never waits for it).
+        """`reserve_many`, or None at once when it cannot be done right now without waiting.
 
-        SQLite only (None on PostgreSQL): with the lock free, admission is a few local statements, cheap
-        enough for an event loop to run in place instead of paying two thread hops per group. A connection
-        kept for this with SQLite's busy timeout at 0 makes a lock held by another process a quick None too.
+        SQLite only (None on PostgreSQL): with the write lock free, admission is a few local statements,
+        cheap enough for an event loop to run in place instead of paying two thread hops per group. It runs
+        on a connection of its own with SQLite's busy timeout at 0 (a lock another process holds is a quick
+        None too) and in a transaction opened on the bare DBAPI connection; a group that needs
+        `Ledger.reserve` (GPU, holds due to expire, unknown host, capacities not cached) is None as well.
         """
         if not self._sqlite or not self._write_lock.acquire(blocking=False):
             return None
         try:
-            conn = self._nowait_connection()
+            dbapi = self._nowait_connection()
             try:
-                transaction = conn.begin()  # BEGIN IMMEDIATE: fails at once when another writer has the lock
-            except OperationalError:
+                dbapi.execute("BEGIN IMMEDIATE")  # fails at once when another writer has the lock
+            except sqlite3.OperationalError:
                 return None
             try:
-                with transaction, self._joined(conn):
-                    return self._admission.admit(conn, holds)
-            except OperationalError as exc:
-                raise Unavailable(f"database unavailable: {str(exc.orig).strip()}") from exc
+                outcomes = self._admission.admit_plain(dbapi, holds)
+                if outcomes is None:
+                    dbapi.rollback()
+                else:
+                    dbapi.commit()
+                return outcomes
+            except BaseException as exc:
+                dbapi.rollback()
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise Unavailable(f"database unavailable: {str(exc).strip()}") from exc
+                raise
         finally:
             self._write_lock.release()
 
-    def _nowait_connection(self) -> Connection:
+    def _nowait_connection(self) -> sqlite3.Connection:
         if self._nowait is None:
-            conn = self.engine.connect()
-            dbapi = conn.connection.dbapi_connection
-            assert dbapi is not None
+            pooled = self.engine.raw_connection()
+            pooled.detach()  # its pragmas are its own: it never goes back to the pool
+            dbapi = pooled.dbapi_connection
+            assert isinstance(dbapi, sqlite3.Connection)
             dbapi.execute("PRAGMA busy_timeout = 0")
             # Its commits run on an event loop: leave WAL checkpoints (milliseconds of I/O) to a thread.
             dbapi.execute("PRAGMA wal_autocheckpoint = 0")
-            self._nowait = conn
+            self._nowait = pooled
             self._checkpointer = _Checkpointer(self.engine)
-        return self._nowait
+        driver = self._nowait.dbapi_connection
+        assert isinstance(driver, sqlite3.Connection)
+        return driver
 
     @staticmethod
     def _replay(earlier: RowLike, request: AllocationRequest) -> Grant:
