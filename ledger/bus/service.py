@@ -71,6 +71,8 @@ class LedgerService:
         self.burst = disk_io_burst_multiplier
         self._slots = asyncio.Semaphore(max_inflight)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ledger-db")
+        # groups are admitted one at a time: one thread (and so one warm connection) is all they need
+        self._admission_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-admit")
         self._inflight: set[asyncio.Task[None]] = set()
         self._service: Service | None = None
         self.max_inflight = max_inflight
@@ -139,6 +141,7 @@ class LedgerService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._admitter
         self._pool.shutdown(wait=True)
+        self._admission_thread.shutdown(wait=True)
 
     async def _accept_validate(self, request: Request) -> None:
         """Parse and check the request here, then queue it for the next group (the reply comes from there).
@@ -178,7 +181,9 @@ class LedgerService:
             try:
                 outcomes = self.ledger.try_reserve_many(holds)
                 if outcomes is None:
-                    outcomes = await loop.run_in_executor(self._pool, self.ledger.reserve_many, holds)
+                    outcomes = await loop.run_in_executor(
+                        self._admission_thread, self.ledger.reserve_many, holds
+                    )
             except LedgerError as exc:
                 outcomes = [exc] * len(group)
             except Exception:

@@ -12,6 +12,7 @@ from sqlalchemy.pool import NullPool
 from ledger.core.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_S = 30
+SQLITE_CACHE_KIB = 64 * 1024
 
 
 def normalize_url(url: str) -> URL:
@@ -55,6 +56,9 @@ def _sqlite_engine(url: URL, *, foreign_keys: bool) -> Engine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        # up to 64 MiB of pages per connection (SQLite's default is 2 MiB): a ledger of 100,000s of rows
+        # keeps its indexes' hot pages in memory instead of re-reading them for every admission
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -72,4 +76,6 @@ def make_engine(url: str, *, for_migration: bool = False) -> Engine:
         return _sqlite_engine(parsed, foreign_keys=not for_migration)
     # No pre-ping: it costs a round trip per transaction; a connection dropped by a server restart fails
     # one transaction (reported `unavailable`, retried by the caller) and is replaced.
-    return create_engine(parsed, pool_size=10, max_overflow=20, pool_recycle=1800)
+    # LIFO: a quiet service keeps reusing its warmest connection (and server backend) instead of cycling
+    # through every idle one.
+    return create_engine(parsed, pool_size=10, max_overflow=20, pool_recycle=1800, pool_use_lifo=True)
