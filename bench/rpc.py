@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nats
-from common import PgDatabase, summarize, write_results
+from common import PgDatabase, summarize, terminate, write_results
 from nats.aio.client import Client
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 
@@ -213,12 +213,7 @@ class Serve:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, 60)
 
 
 # ---- the echo responder ----------------------------------------------------------------------------------
@@ -256,12 +251,7 @@ def echo_process(url: str) -> Iterator[subprocess.Popen[bytes]]:
             raise RuntimeError("the echo responder did not start")
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, 10)
 
 
 # ---- the one-row transaction floor -----------------------------------------------------------------------

@@ -26,8 +26,9 @@ from sqlalchemy import Column, Connection, Table
 
 from ledger.core.capacity import AllocationRequest
 from ledger.core.errors import LedgerError
-from ledger.core.resources import ADMISSION_ORDER, ResourceType
+from ledger.core.resources import ADMISSION_ORDER
 from ledger.store.results import Grant
+from ledger.store.totals import PEND_COLUMN, TOTAL_COLUMNS
 
 if TYPE_CHECKING:
     from ledger.store.ledger import Ledger
@@ -35,38 +36,11 @@ if TYPE_CHECKING:
 Hold = tuple[str, AllocationRequest, str | None, float | None]  # host, request, idempotency key, ttl
 Outcome = Grant | LedgerError
 
-# Reservation columns a replay compares, plus what a Grant needs.
-_REPLAY_COLUMNS = (
-    "reservation_id",
-    "host_id",
-    "idempotency_key",
-    "status",
-    "vcpus",
-    "memory_bytes",
-    "disk_bytes",
-    "network_download_bps",
-    "network_upload_bps",
-    "disk_io_bps",
-    "gpu",
-    "gpu_profile",
-    "expires_at",
-)
-# A hold adds to exactly these host totals (GPU holds go through Ledger.reserve).
-_PENDING = {
-    ResourceType.CPU: "pend_cpu",
-    ResourceType.MEMORY: "pend_memory",
-    ResourceType.DISK: "pend_disk",
-    ResourceType.NETWORK: "pend_network",
-    ResourceType.DISK_IO: "pend_disk_io",
-}
-
 
 class GroupAdmission:
     """Admits a group of holds inside the caller's transaction (see the module docstring)."""
 
     def __init__(self, ledger: Ledger, hosts: Table, reservations: Table, allocation_log: Table) -> None:
-        from ledger.store.ledger import TOTAL_COLUMNS
-
         self.ledger = ledger
         dialect = ledger.engine.dialect
         sqlite = dialect.name == "sqlite"
@@ -87,13 +61,13 @@ class GroupAdmission:
             f"SELECT {', '.join(self._host_columns)} FROM hosts WHERE host_id = {mark}"
             + ("" if sqlite else " FOR UPDATE")  # SQLite: BEGIN IMMEDIATE already holds the write lock
         )
-        self._select_keys = (
-            f"SELECT {', '.join(_REPLAY_COLUMNS)} FROM reservations "
-            f"WHERE host_id = {mark} AND idempotency_key IN ({{marks}})"
-        )
         self._mark = mark
         self._sqlite = sqlite
         self._hold_columns = tuple(c.name for c in reservations.c)
+        self._select_keys = (
+            f"SELECT {', '.join(self._hold_columns)} FROM reservations "
+            f"WHERE host_id = {mark} AND idempotency_key IN ({{marks}})"
+        )
         self._insert_hold = (
             f"INSERT INTO reservations ({', '.join(self._hold_columns)}) "
             f"VALUES ({marks(len(self._hold_columns))})"
@@ -103,7 +77,7 @@ class GroupAdmission:
             f"INSERT INTO allocation_log ({', '.join(self._log_columns)}) "
             f"VALUES ({marks(len(self._log_columns))})"
         )
-        pending = ", ".join(f"{c} = {c} + {mark}" for c in _PENDING.values())
+        pending = ", ".join(f"{c} = {c} + {mark}" for c in PEND_COLUMN.values())
         self._move_totals = f"UPDATE hosts SET {pending}, next_expiry = {mark} WHERE host_id = {mark}"
         self._bind_hold = _binders(reservations, self._hold_columns, dialect)
         self._bind_log = _binders(allocation_log, self._log_columns, dialect)
@@ -163,7 +137,7 @@ class GroupAdmission:
             return True
         available = ledger._available(conn, host)
         earlier = self._earlier_holds(cursor, host_id, [key for _, (_, _, key, _) in items if key])
-        added = {column: 0 for column in _PENDING.values()}
+        added = {column: 0 for column in PEND_COLUMN.values()}
         new_holds: list[dict[str, Any]] = []
         log_rows: list[dict[str, Any]] = []
         for index, (_, request, key, asked_ttl) in items:
@@ -172,7 +146,8 @@ class GroupAdmission:
                 if key is not None and key in earlier:
                     outcomes[index] = ledger._replay(earlier[key], request)
                     continue
-                if any(available[r] < request.demand(r) for r in ADMISSION_ORDER if request.demand(r) > 0):
+                demand = {r: request.demand(r) for r in ADMISSION_ORDER}
+                if any(available[r] < amount for r, amount in demand.items() if amount > 0):
                     refusal = ledger._refusal(conn, host, request)  # the reference decides, same numbers
                     if refusal is not None:
                         raise refusal
@@ -184,8 +159,8 @@ class GroupAdmission:
             if key is not None:
                 earlier[key] = row
             delta = {}
-            for resource, column in _PENDING.items():
-                amount = request.demand(resource)
+            for resource, column in PEND_COLUMN.items():
+                amount = demand[resource]
                 if amount:
                     available[resource] = max(0, available[resource] - amount)
                     setattr(host, column, getattr(host, column) + amount)
@@ -218,7 +193,7 @@ class GroupAdmission:
         )
         found = {}
         for values in cursor.fetchall():
-            row = dict(zip(_REPLAY_COLUMNS, values, strict=True))
+            row = dict(zip(self._hold_columns, values, strict=True))
             row["expires_at"] = self._read_time(row["expires_at"])
             found[row["idempotency_key"]] = row
         return found

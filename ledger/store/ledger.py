@@ -57,6 +57,7 @@ from ledger.store.results import (
     Grant,
     ReservationInfo,
 )
+from ledger.store.totals import ALLOC_COLUMNS, PEND_COLUMN, TOTAL_COLUMNS
 
 hosts = cast(Table, Host.__table__)
 capacities = cast(Table, HostCapacity.__table__)
@@ -74,28 +75,6 @@ UNREGISTERED_HINT = "host is not registered: run `ledger host refresh` on it, or
 
 Totals = dict[str, int]  # hosts-table column → delta
 RowLike = Mapping[Any, Any]  # a result row by column name
-
-_ALLOC_COLUMNS = {
-    ResourceType.CPU: ("alloc_cpu",),
-    ResourceType.MEMORY: ("alloc_memory",),
-    ResourceType.NETWORK: ("alloc_network",),
-    ResourceType.DISK_IO: ("alloc_disk_io",),
-    ResourceType.DISK: ("images_bytes", "oci_cache_bytes", "volumes_bytes", "overlays_bytes"),
-}
-_PEND_COLUMN = {r: f"pend_{r.value}" for r in ResourceType}
-TOTAL_COLUMNS = (
-    "alloc_cpu",
-    "alloc_memory",
-    "alloc_network",
-    "alloc_disk_io",
-    "alloc_gpu",
-    "images_bytes",
-    "oci_cache_bytes",
-    "volumes_bytes",
-    "overlays_bytes",
-    *(_PEND_COLUMN[r] for r in ResourceType),
-    "pend_gpu",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,8 +474,8 @@ class Ledger:
         rows = self._capacity_rows(conn, host)
         result = {}
         for resource in ResourceType:
-            allocated = sum(getattr(host, c) for c in _ALLOC_COLUMNS[resource])
-            pending = getattr(host, _PEND_COLUMN[resource])
+            allocated = sum(getattr(host, c) for c in ALLOC_COLUMNS[resource])
+            pending = getattr(host, PEND_COLUMN[resource])
             cap = rows.get(resource.value)
             if cap is None:
                 result[resource] = ResourceStatus.compute(
@@ -533,8 +512,8 @@ class Ledger:
         left = {}
         for resource in ResourceType:
             cap = rows.get(resource.value)
-            allocated = sum(getattr(host, c) for c in _ALLOC_COLUMNS[resource])
-            pending = getattr(host, _PEND_COLUMN[resource])
+            allocated = sum(getattr(host, c) for c in ALLOC_COLUMNS[resource])
+            pending = getattr(host, PEND_COLUMN[resource])
             left[resource] = rules.available(cap.effective_limit if cap else 0, allocated, pending)
         return left
 
