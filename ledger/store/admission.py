@@ -79,10 +79,10 @@ class GroupAdmission:
         )
         pending = ", ".join(f"{c} = {c} + {mark}" for c in PEND_COLUMN.values())
         self._move_totals = f"UPDATE hosts SET {pending}, next_expiry = {mark} WHERE host_id = {mark}"
-        self._bind_hold = _binders(reservations, self._hold_columns, dialect)
-        self._bind_log = _binders(allocation_log, self._log_columns, dialect)
+        self._bind_hold = binders(reservations, self._hold_columns, dialect)
+        self._bind_log = binders(allocation_log, self._log_columns, dialect)
         self._read_time = _reader(hosts.c.next_expiry, dialect)
-        self._bind_time = _binder(hosts.c.next_expiry, dialect)
+        self._bind_time = binder(hosts.c.next_expiry, dialect)
 
     def admit(self, conn: Connection, holds: Sequence[Hold]) -> list[Outcome]:
         """The outcome of every hold, in order; requests for different hosts do not affect each other."""
@@ -245,7 +245,7 @@ def _outcome(
         return exc
 
 
-def _binder(column: Column[Any], dialect: Any) -> Callable[[Any], Any]:
+def binder(column: Column[Any], dialect: Any) -> Callable[[Any], Any]:
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
     return process if process is not None else _same
 
@@ -255,7 +255,7 @@ def _reader(column: Column[Any], dialect: Any) -> Callable[[Any], Any]:
     return process if process is not None else _same
 
 
-def _binders(
+def binders(
     table: Table, columns: tuple[str, ...], dialect: Any
 ) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     """A row dict → the parameter tuple for `columns`, each value as the column's type would bind it."""

@@ -49,6 +49,7 @@ from ledger.store.models import (
     Volume,
     utcnow,
 )
+from ledger.store.one_statement import OneStatementAdmission
 from ledger.store.results import (
     AllocationBreakdown,
     ApplyResult,
@@ -212,6 +213,10 @@ class Ledger:
         self._insert_reservation = insert(reservations)
         self._insert_log = insert(allocation_log)
         self._admission = GroupAdmission(self, hosts, reservations, allocation_log)
+        # PostgreSQL: try a group in one round trip first (see one_statement.py)
+        self._one_statement = (
+            None if self._sqlite else OneStatementAdmission(self, hosts, reservations, allocation_log)
+        )
         self._nowait: PoolProxiedConnection | None = None  # try_reserve_many's own, made on first use
         self._checkpointer: _Checkpointer | None = None
 
@@ -234,6 +239,8 @@ class Ledger:
         if self._nowait is not None:
             self._nowait.close()
             self._nowait = None
+        if self._one_statement is not None:
+            self._one_statement.close()
         self.engine.dispose()
 
     # ---- transactions -------------------------------------------------------------------------
@@ -517,6 +524,10 @@ class Ledger:
             left[resource] = rules.available(cap.effective_limit if cap else 0, allocated, pending)
         return left
 
+    def cached_capacities(self, host_id: str) -> tuple[int, dict[str, Row[Any]]] | None:
+        """(capacity_version, capacity rows by resource) as last loaded for `host_id`, if ever."""
+        return self._capacity_cache.get(host_id)
+
     def capacities_cached(self, host: Any) -> bool:
         """Whether the host's capacities, at the version its row names, are cached in this process."""
         cached = self._capacity_cache.get(host.host_id)
@@ -718,19 +729,30 @@ class Ledger:
         """Admit many requests in arrival order in ONE transaction (group commit): each is checked against
         the totals its predecessors left, exactly as if reserved one by one. A refusal writes nothing, so it
         is returned in its place without spoiling the others."""
+        if self._one_statement is not None and holds and not self.in_batch:
+            granted = self._one_statement.try_admit(holds)
+            if granted is not None:
+                return list(granted)
         with self.batch():
             return self._admission.admit(self._batch.conn, holds)
 
     def try_reserve_many(self, holds: Sequence[Hold]) -> list[Grant | LedgerError] | None:
-        """`reserve_many`, or None at once when it cannot be done right now without waiting.
+        """`reserve_many`, or None at once when it cannot be done right now without waiting (much).
 
-        SQLite only (None on PostgreSQL): with the write lock free, admission is a few local statements,
-        cheap enough for an event loop to run in place instead of paying two thread hops per group. It runs
-        on a connection of its own with SQLite's busy timeout at 0 (a lock another process holds is a quick
-        None too) and in a transaction opened on the bare DBAPI connection; a group that needs
-        `Ledger.reserve` (GPU, holds due to expire, unknown host, capacities not cached) is None as well.
+        Cheap enough for an event loop to run in place instead of paying two thread hops per group:
+        - SQLite: with the write lock free, admission is a few local statements. It runs on a connection of
+          its own with SQLite's busy timeout at 0 (a lock another process holds is a quick None too) and in
+          a transaction opened on the bare DBAPI connection; a group that needs `Ledger.reserve` (GPU, holds
+          due to expire, unknown host, capacities not cached) is None as well.
+        - PostgreSQL: a lone request that fits, granted by the one-statement path (one round trip). A
+          bigger group is None: in a thread its round trips overlap the loop reading the next requests.
         """
-        if not self._sqlite or not self._write_lock.acquire(blocking=False):
+        if not self._sqlite:
+            if self._one_statement is None or len(holds) != 1 or self.in_batch:
+                return None
+            granted = self._one_statement.try_admit(holds)
+            return None if granted is None else list(granted)
+        if not self._write_lock.acquire(blocking=False):
             return None
         try:
             dbapi = self._nowait_connection()

@@ -138,16 +138,17 @@ def _rows(ledger: Ledger, host: str) -> list[tuple[Any, ...]]:
     return shaped
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rounds=rounds)
-def test_group_admission_decides_exactly_as_one_by_one(db_url: str, rounds: list[Any]) -> None:
+def _compare_with_one_by_one(db_url: str, rounds: list[Any]) -> tuple[int, int]:
+    """Run `rounds` through group admission exactly as the service calls it and through `reserve` one by
+    one on a twin ledger; assert the same outcomes, totals and rows. Returns (host groups the group path
+    decided, groups the one-statement path granted)."""
     clock = Clock()
     grouped, single, grouped_hosts, single_hosts = _ledgers(db_url, clock)
-    FAST_GROUPS.append(0)
+    decided = [0]
     write = grouped._admission._write
 
     def counted(*args: Any) -> None:
-        FAST_GROUPS[-1] += 1
+        decided[0] += 1
         write(*args)
 
     grouped._admission._write = counted  # type: ignore[method-assign]
@@ -168,9 +169,50 @@ def test_group_admission_decides_exactly_as_one_by_one(db_url: str, rounds: list
         for name in ("main", "other"):
             assert _rows(grouped, grouped_hosts[name]) == _rows(single, single_hosts[name])
         assert grouped.drift() == []
+        one_statement = grouped._one_statement
+        return decided[0], 0 if one_statement is None else one_statement.granted_groups
     finally:
         grouped.close()
         single.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rounds=rounds)
+def test_group_admission_decides_exactly_as_one_by_one(db_url: str, rounds: list[Any]) -> None:
+    decided, _ = _compare_with_one_by_one(db_url, rounds)
+    FAST_GROUPS.append(decided)
+
+
+# What a service for one host sends: every hold for "main", most of them plain, so that on PostgreSQL
+# whole groups go the one-statement way, until the host fills up and they fall back.
+small_requests = st.builds(
+    AllocationRequest,
+    vcpus=st.integers(0, 2),
+    memory_bytes=st.sampled_from([0, GIB // 4, GIB // 2]),
+    disk_bytes=st.sampled_from([0, 10**9]),
+    network_download_bps=st.sampled_from([0, 10**6, 400 * 10**6]),
+    disk_io_bps=st.sampled_from([0, 10**8]),
+    needs_gpu=st.sampled_from([False] * 49 + [True]),
+)
+one_host_holds = st.tuples(
+    st.just("main"),
+    small_requests,
+    st.sampled_from([None, None, None, "k1"]) | st.uuids().map(lambda u: u.hex),  # keys rarely repeat
+    st.sampled_from([None] * 6 + [30.0, 90, 0]),
+)
+one_host_rounds = st.lists(
+    st.tuples(st.sampled_from([0, 0, 1, 5, 61]), st.lists(one_host_holds, min_size=1, max_size=6)),
+    min_size=6,
+    max_size=10,
+)
+ONE_STATEMENT_GROUPS: list[int] = []
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rounds=one_host_rounds)
+def test_one_statement_admission_decides_exactly_as_one_by_one(pg_url: str, rounds: list[Any]) -> None:
+    _, granted = _compare_with_one_by_one(pg_url, rounds)
+    ONE_STATEMENT_GROUPS.append(granted)
 
 
 def test_the_property_test_exercised_the_group_path() -> None:
@@ -179,6 +221,14 @@ def test_the_property_test_exercised_the_group_path() -> None:
     if not FAST_GROUPS:
         pytest.skip("the property test did not run in this session")
     assert sum(FAST_GROUPS) > len(FAST_GROUPS), FAST_GROUPS
+
+
+def test_the_one_statement_test_exercised_that_path() -> None:
+    """Likewise: on PostgreSQL the one-statement path must have granted groups (and left others to group
+    admission, which the equality above then covered too)."""
+    if not ONE_STATEMENT_GROUPS:
+        pytest.skip("the one-statement property test did not run in this session")
+    assert sum(ONE_STATEMENT_GROUPS) >= 2 * len(ONE_STATEMENT_GROUPS), ONE_STATEMENT_GROUPS
 
 
 def test_try_reserve_many_returns_none_at_once_while_another_process_writes(sqlite_url: str) -> None:
@@ -215,10 +265,21 @@ def test_try_reserve_many_returns_none_while_this_process_writes(sqlite_url: str
         ledger.close()
 
 
-def test_try_reserve_many_is_not_for_postgresql(pg_url: str) -> None:
+def test_try_reserve_many_on_postgresql_grants_only_a_lone_request_that_fits(pg_url: str) -> None:
+    """On PostgreSQL the event loop may only spend one round trip: the one-statement path, for one hold."""
     ledger = Ledger.open(pg_url, migrate=False)
+    host = f"pg-{uuid.uuid4().hex[:8]}"
+    lone = [(host, AllocationRequest(vcpus=1), None, None)]
     try:
-        assert ledger.try_reserve_many([("any", AllocationRequest(vcpus=1), None, None)]) is None
+        assert ledger.try_reserve_many(lone) is None  # unknown host
+        ledger.register_host(host, capacities(cpu=2, memory=GIB), {})
+        ledger.reserve_many(lone)  # group admission loads the capacities
+        granted = ledger.try_reserve_many(lone)
+        assert granted is not None and isinstance(granted[0], Grant)
+        assert ledger.try_reserve_many(lone * 2) is None  # a group: the caller's thread does it
+        assert ledger.try_reserve_many([(host, AllocationRequest(vcpus=50), None, None)]) is None  # no room
+        assert ledger.status(host, ResourceType.CPU).pending == 2
+        assert ledger.drift() == []
     finally:
         ledger.close()
 

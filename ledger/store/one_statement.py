@@ -1,0 +1,205 @@
+"""PostgreSQL: a group of holds that fits whole, checked and written by ONE autocommit statement.
+
+On PostgreSQL every statement is a network round trip, and group admission takes four (BEGIN, the locked
+host read, the writes, COMMIT). Most validates ask for what plainly fits, so this path first tries the
+whole group as a single conditional `UPDATE hosts … WHERE <everything fits> RETURNING`, with the holds and
+their log rows inserted by data-modifying CTEs that only produce rows when the update matched. One
+statement is one transaction: it takes the host row's lock, so concurrent callers still serialize on it,
+and it either writes everything or nothing.
+
+The check is the reference's, summed: if the group's total demand of each resource fits what the host has
+left, every request fits after its predecessors (amounts are never negative). Anything else — a shortfall,
+a capacity change since the limits were cached, a hold due to expire, an idempotency key seen before, a
+GPU, a bad TTL, several hosts, a lost connection — makes the statement match nothing (or is caught before
+it is sent), and the caller runs group admission, which decides exactly and words any refusal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Table
+
+from ledger.core.errors import LedgerError
+from ledger.core.resources import ResourceType
+from ledger.core.units import MAX_AMOUNT
+from ledger.store.admission import Hold, binder, binders
+from ledger.store.results import Grant
+from ledger.store.totals import ALLOC_COLUMNS, PEND_COLUMN
+
+if TYPE_CHECKING:
+    from sqlalchemy.pool import PoolProxiedConnection
+
+    from ledger.store.ledger import Ledger
+
+
+class OneStatementAdmission:
+    """Grants a group whole in one statement, or answers None for group admission to decide."""
+
+    def __init__(self, ledger: Ledger, hosts: Table, reservations: Table, allocation_log: Table) -> None:
+        self.ledger = ledger
+        dialect = ledger.engine.dialect
+        self._hold_columns = tuple(c.name for c in reservations.c)
+        self._log_columns = tuple(c.name for c in allocation_log.c if c.name != "id")
+        self._hold_row = _typed_row(reservations, self._hold_columns, dialect)
+        self._log_row = _typed_row(allocation_log, self._log_columns, dialect)
+        self._bind_hold = binders(reservations, self._hold_columns, dialect)
+        self._bind_log = binders(allocation_log, self._log_columns, dialect)
+        self._bind_time = binder(hosts.c.next_expiry, dialect)
+        self._statements: dict[tuple[int, int, int, tuple[ResourceType, ...]], str] = {}
+        self._connection: PoolProxiedConnection | None = None
+        self._in_use = threading.Lock()
+        self.granted_groups = 0  # how many groups this path settled (tests check it carries the load)
+
+    def close(self) -> None:
+        with self._in_use:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    def try_admit(self, holds: Sequence[Hold]) -> list[Grant] | None:
+        """Every hold granted, in order; or None, having written nothing."""
+        plan = self._plan(holds)
+        if plan is None or not self._in_use.acquire(blocking=False):
+            return None
+        try:
+            return self._run(*plan)
+        finally:
+            self._in_use.release()
+
+    def _plan(self, holds: Sequence[Hold]) -> tuple[str, list[Any], list[Grant]] | None:
+        """The statement, its parameters and the grants it makes, when the group qualifies."""
+        ledger = self.ledger
+        host_id = holds[0][0]
+        cached = ledger.cached_capacities(host_id)
+        if cached is None:
+            return None
+        version, capacity_rows = cached
+        keys: set[str] = set()
+        totals = dict.fromkeys(ResourceType, 0)
+        rows, logs, grants = [], [], []
+        try:
+            for hold_host, request, key, asked_ttl in holds:
+                if hold_host != host_id or request.wants_gpu or (key is not None and key in keys):
+                    return None
+                ttl = ledger._hold_ttl(asked_ttl, key)
+                if key is not None:
+                    keys.add(key)
+                row = ledger._hold_row(host_id, request, key, ttl)
+                delta = {}
+                for resource, column in PEND_COLUMN.items():
+                    amount = request.demand(resource)
+                    if amount:
+                        totals[resource] += amount
+                        delta[column] = amount
+                rows.append(self._bind_hold(row))
+                if delta:
+                    rid = row["reservation_id"]
+                    log = ledger._log_row(host_id, "reservation", rid, "reserved", "api", delta)
+                    logs.append(self._bind_log(log))
+                grants.append(Grant(row["reservation_id"], host_id, row["status"], row["expires_at"], key))
+        except LedgerError:
+            return None  # a bad TTL or key: group admission words the refusal
+        if any(total > MAX_AMOUNT for total in totals.values()):
+            return None
+        wanted = tuple(r for r in ResourceType if totals[r])
+        earliest = self._bind_time(min(g.expires_at for g in grants))
+        limits = {}
+        for resource in wanted:
+            capacity = capacity_rows.get(resource.value)
+            limits[resource] = capacity.effective_limit if capacity is not None else 0
+        statement = self._statement(len(keys), len(rows), len(logs), wanted)
+        params: list[Any] = [*(totals[r] for r in PEND_COLUMN), earliest, earliest]
+        params += [host_id, version, self._bind_time(ledger.clock())]
+        for resource in wanted:
+            params += [limits[resource], totals[resource]]
+        if keys:
+            params += [host_id, *sorted(keys)]
+        params += [value for row in rows for value in row]
+        params += [value for log in logs for value in log]
+        return statement, params, grants
+
+    def _run(self, statement: str, params: list[Any], grants: list[Grant]) -> list[Grant] | None:
+        import psycopg
+
+        connection = None
+        try:
+            connection = self._autocommit_connection()
+            with connection.cursor() as cursor:
+                cursor.execute(statement, params)
+                found = cursor.fetchone()
+        except psycopg.Error as exc:
+            # a key taken by a concurrent caller (unique violation), a lost connection, …: nothing was
+            # written (one statement is one transaction); group admission tries and reports properly
+            if isinstance(exc, psycopg.OperationalError) or connection is None or connection.closed:
+                self._drop_connection()
+            return None
+        if found is None or found[0] != 1:
+            return None
+        self.granted_groups += 1
+        return grants
+
+    def _autocommit_connection(self) -> Any:
+        if self._connection is None:
+            pooled = self.ledger.engine.raw_connection()
+            pooled.detach()  # autocommit is its own setting: it never goes back to the pool
+            pooled.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+            self._connection = pooled
+        return self._connection.dbapi_connection
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # broken already; a new one is made next time
+                connection.close()
+
+    def _statement(self, keys: int, rows: int, logs: int, wanted: tuple[ResourceType, ...]) -> str:
+        shape = (keys, rows, logs, wanted)
+        statement = self._statements.get(shape)
+        if statement is None:
+            statement = self._statements[shape] = self._build(*shape)
+        return statement
+
+    def _build(self, keys: int, rows: int, logs: int, wanted: tuple[ResourceType, ...]) -> str:
+        """The statement for one shape of group; parameters in the order `_plan` lists them."""
+        move = ", ".join(f"{c} = {c} + %s" for c in PEND_COLUMN.values())
+        fits = "".join(f" AND %s - {' - '.join((*ALLOC_COLUMNS[r], PEND_COLUMN[r]))} >= %s" for r in wanted)
+        unseen = (
+            " AND NOT EXISTS (SELECT 1 FROM reservations"
+            f" WHERE host_id = %s AND idempotency_key IN ({', '.join(['%s'] * keys)}))"
+            if keys
+            else ""
+        )
+        moved = (
+            f"UPDATE hosts SET {move}, "
+            "next_expiry = CASE WHEN next_expiry IS NULL OR next_expiry > %s THEN %s ELSE next_expiry END"
+            " WHERE host_id = %s AND capacity_version = %s AND (next_expiry IS NULL OR next_expiry > %s)"
+            f"{fits}{unseen} RETURNING 1"
+        )
+        ctes = [
+            f"moved AS ({moved})",
+            f"new_holds AS ({_insert('reservations', self._hold_columns, self._hold_row, rows)})",
+        ]
+        if logs:
+            ctes.append(f"new_logs AS ({_insert('allocation_log', self._log_columns, self._log_row, logs)})")
+        return f"WITH {', '.join(ctes)} SELECT count(*) FROM moved"
+
+
+def _insert(table: str, columns: tuple[str, ...], typed_row: str, count: int) -> str:
+    """Rows of values for `table`, inserted only when `moved` matched."""
+    values = ", ".join([typed_row] * count)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"SELECT v.* FROM moved, (VALUES {values}) AS v({', '.join(columns)})"
+    )
+
+
+def _typed_row(table: Table, columns: tuple[str, ...], dialect: Any) -> str:
+    """`(%s::TYPE, …)`: VALUES in a subquery has no target columns to infer parameter types from. Lengths
+    are dropped so an over-long value still fails on the column instead of being cut by the cast."""
+    types = [re.sub(r"\(\d+\)", "", table.c[name].type.compile(dialect=dialect)) for name in columns]
+    return f"({', '.join(f'%s::{t}' for t in types)})"
