@@ -84,6 +84,7 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
                 "database": _safe_url(settings.database_url),
                 "nats": url,
                 "nats_embedded": embedded is not None,
+                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             },
         )
         stop = asyncio.Event()
