@@ -18,7 +18,7 @@ runs in one opened on the bare DBAPI connection and answers None where the fallb
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from sqlalchemy import Column, Connection, Table
 from ledger.core.capacity import AllocationRequest
 from ledger.core.errors import LedgerError
 from ledger.core.resources import ADMISSION_ORDER
+from ledger.store.models import UTCDateTime
 from ledger.store.results import Grant
 from ledger.store.totals import PEND_COLUMN, TOTAL_COLUMNS
 
@@ -246,8 +247,34 @@ def _outcome(
 
 
 def binder(column: Column[Any], dialect: Any) -> Callable[[Any], Any]:
+    """How `column`'s type turns a value into a driver parameter (a faster twin where one is proven)."""
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
-    return process if process is not None else _same
+    if process is None:
+        return _same
+    if isinstance(column.type, UTCDateTime) and all(
+        process(probe) == _utc_text(probe) for probe in _TIME_PROBES
+    ):
+        return _utc_text  # SQLite: the same text, from one C call instead of a format over a dict
+    return process
+
+
+_TIME_PROBES = (
+    datetime(2026, 11, 26, 12, 0, tzinfo=UTC),
+    datetime(1, 2, 3, 4, 5, 6, 7, tzinfo=UTC),
+    datetime(2099, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
+    None,
+)
+
+
+def _utc_text(value: datetime | None) -> str | None:
+    """A UTC column's value as SQLite stores it (`binder` checks that SQLAlchemy would write the same)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _reader(column: Column[Any], dialect: Any) -> Callable[[Any], Any]:
@@ -262,7 +289,7 @@ def binders(
     converted = [
         (position, process)
         for position, name in enumerate(columns)
-        if (process := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        if (process := binder(table.c[name], dialect)) is not _same
     ]
 
     def bind(row: dict[str, Any]) -> tuple[Any, ...]:

@@ -60,6 +60,9 @@ from ledger.store.results import (
 )
 from ledger.store.totals import ALLOC_COLUMNS, PEND_COLUMN, TOTAL_COLUMNS
 
+# per resource: (resource, its name, the host columns it is allocated in, the one its holds pend in)
+_AVAILABLE_TERMS = tuple((r, r.value, ALLOC_COLUMNS[r], PEND_COLUMN[r]) for r in ResourceType)
+
 hosts = cast(Table, Host.__table__)
 capacities = cast(Table, HostCapacity.__table__)
 instances = cast(Table, Instance.__table__)
@@ -517,10 +520,12 @@ class Ledger:
         """What is left of each resource: `_statuses(...)[r].available` without building the statuses."""
         rows = self._capacity_rows(conn, host)
         left = {}
-        for resource in ResourceType:
-            cap = rows.get(resource.value)
-            allocated = sum(getattr(host, c) for c in ALLOC_COLUMNS[resource])
-            pending = getattr(host, PEND_COLUMN[resource])
+        for resource, name, alloc_columns, pend_column in _AVAILABLE_TERMS:  # on every validate: kept lean
+            cap = rows.get(name)
+            allocated = 0
+            for column in alloc_columns:
+                allocated += getattr(host, column)
+            pending = getattr(host, pend_column)
             left[resource] = rules.available(cap.effective_limit if cap else 0, allocated, pending)
         return left
 

@@ -19,7 +19,7 @@ from ledger.core.capacity import AllocationRequest
 from ledger.core.errors import LedgerError
 from ledger.core.gpu import GPUProfile, GPUStatus
 from ledger.core.resources import ResourceType
-from ledger.store.admission import Hold
+from ledger.store.admission import Hold, binder
 from ledger.store.ledger import Ledger, allocation_log, reservations
 from ledger.store.results import Grant
 from tests.conftest import capacities
@@ -299,3 +299,21 @@ def test_a_group_that_fails_midway_writes_nothing(sqlite_url: str, size: int) ->
             assert conn.execute(select(reservations).where(reservations.c.host_id == host)).first() is None
     finally:
         ledger.close()
+
+
+@settings(max_examples=300)
+@given(
+    value=st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones()
+    )
+)
+def test_sqlite_time_binder_writes_what_sqlalchemy_writes(value: datetime) -> None:
+    """Group admission binds UTC times on SQLite with its own faster function: it must write the very text
+    the column type would (expiry checks compare that text)."""
+    from sqlalchemy.dialects import sqlite
+
+    dialect = sqlite.dialect()
+    fast = binder(reservations.c.expires_at, dialect)
+    reference = reservations.c.expires_at.type.dialect_impl(dialect).bind_processor(dialect)
+    assert reference is not None and fast is not reference
+    assert fast(value) == reference(value)
