@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from ledger.store.ledger import Ledger
 
 
+_MAX_SHAPES = 512
+
+
 class OneStatementAdmission:
     """Grants a group whole in one statement, or answers None for group admission to decide."""
 
@@ -124,7 +127,7 @@ class OneStatementAdmission:
         return statement, params, grants
 
     def _run(self, statement: str, params: list[Any], grants: list[Grant]) -> list[Grant] | None:
-        import psycopg
+        import psycopg  # here, not at the top: a SQLite-only process (and every CLI start) need not load it
 
         connection = None
         try:
@@ -161,6 +164,8 @@ class OneStatementAdmission:
         shape = (keys, rows, logs, wanted)
         statement = self._statements.get(shape)
         if statement is None:
+            if len(self._statements) >= _MAX_SHAPES:  # group sizes vary under load: keep the text cache small
+                self._statements.clear()
             statement = self._statements[shape] = self._build(*shape)
         return statement
 

@@ -317,3 +317,32 @@ def test_sqlite_time_binder_writes_what_sqlalchemy_writes(value: datetime) -> No
     reference = reservations.c.expires_at.type.dialect_impl(dialect).bind_processor(dialect)
     assert reference is not None and fast is not reference
     assert fast(value) == reference(value)
+
+
+def test_one_statement_path_survives_a_killed_connection(pg_url: str) -> None:
+    """The one-statement path's own connection dies (server restart, admin kill): that group still gets
+    its answer from group admission, nothing is counted twice, and the next group reconnects."""
+    ledger = Ledger.open(pg_url, migrate=False)
+    host = f"pg-{uuid.uuid4().hex[:8]}"
+    lone = [(host, AllocationRequest(vcpus=1), None, None)]
+    one_statement = ledger._one_statement
+    assert one_statement is not None
+    try:
+        ledger.register_host(host, capacities(cpu=8, memory=GIB), {})
+        ledger.reserve_many(lone)  # group admission loads the capacities
+        ledger.reserve_many(lone)
+        assert one_statement.granted_groups == 1
+        connection = one_statement._connection
+        assert connection is not None
+        pid = connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        with ledger.engine.connect() as admin:
+            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        granted = ledger.reserve_many(lone)
+        assert isinstance(granted[0], Grant)
+        assert one_statement.granted_groups == 1  # group admission answered that one
+        ledger.reserve_many(lone)
+        assert one_statement.granted_groups == 2  # a new connection
+        assert ledger.status(host, ResourceType.CPU).pending == 4
+        assert ledger.drift() == []
+    finally:
+        ledger.close()
