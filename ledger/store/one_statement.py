@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 
 _MAX_SHAPES = 512
+LOCK_TIMEOUT_MS = 100
+STATEMENT_TIMEOUT_MS = 2000
 
 
 class OneStatementAdmission:
@@ -150,7 +152,13 @@ class OneStatementAdmission:
         if self._connection is None:
             pooled = self.ledger.engine.raw_connection()
             pooled.detach()  # autocommit is its own setting: it never goes back to the pool
-            pooled.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+            dbapi: Any = pooled.dbapi_connection
+            dbapi.autocommit = True
+            # It may run on an event loop: a host row locked by another transaction (the event consumer's
+            # batch, another replica) or a stalled server must not hold the loop. Give up early instead;
+            # group admission, on a thread, then waits as long as it takes.
+            dbapi.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+            dbapi.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
             self._connection = pooled
         return self._connection.dbapi_connection
 

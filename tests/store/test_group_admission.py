@@ -6,6 +6,7 @@ the same rows, no drift. Checked on both engines with random groups, then the lo
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -344,5 +345,25 @@ def test_one_statement_path_survives_a_killed_connection(pg_url: str) -> None:
         assert one_statement.granted_groups == 2  # a new connection
         assert ledger.status(host, ResourceType.CPU).pending == 4
         assert ledger.drift() == []
+    finally:
+        ledger.close()
+
+
+def test_one_statement_path_gives_up_quickly_on_a_locked_host(pg_url: str) -> None:
+    """On the event loop it must not wait for a host row another transaction holds (the event consumer's
+    batch, another replica): it answers None within its lock timeout, and writes nothing."""
+    ledger = Ledger.open(pg_url, migrate=False)
+    host = f"pg-{uuid.uuid4().hex[:8]}"
+    lone = [(host, AllocationRequest(vcpus=1), None, None)]
+    try:
+        ledger.register_host(host, capacities(cpu=8, memory=GIB), {})
+        ledger.reserve_many(lone)  # group admission loads the capacities
+        with ledger.engine.begin() as other:
+            other.exec_driver_sql("SELECT 1 FROM hosts WHERE host_id = %s FOR UPDATE", (host,))
+            started = time.monotonic()
+            assert ledger.try_reserve_many(lone) is None
+            assert time.monotonic() - started < 1.0
+        assert ledger.try_reserve_many(lone) is not None  # the lock is gone: one round trip again
+        assert ledger.status(host, ResourceType.CPU).pending == 2
     finally:
         ledger.close()
