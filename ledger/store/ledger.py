@@ -49,7 +49,6 @@ from ledger.store.models import (
     Volume,
     utcnow,
 )
-from ledger.store.one_statement import OneStatementAdmission
 from ledger.store.results import (
     AllocationBreakdown,
     ApplyResult,
@@ -59,6 +58,7 @@ from ledger.store.results import (
     ReservationInfo,
 )
 from ledger.store.totals import ALLOC_COLUMNS, PEND_COLUMN, TOTAL_COLUMNS
+from ledger.store.whole_group import WholeGroupAdmission
 
 # per resource: (resource, its name, the host columns it is allocated in, the one its holds pend in)
 _AVAILABLE_TERMS = tuple((r, r.value, ALLOC_COLUMNS[r], PEND_COLUMN[r]) for r in ResourceType)
@@ -216,10 +216,8 @@ class Ledger:
         self._insert_reservation = insert(reservations)
         self._insert_log = insert(allocation_log)
         self._admission = GroupAdmission(self, hosts, reservations, allocation_log)
-        # PostgreSQL: try a group in one round trip first (see one_statement.py)
-        self._one_statement = (
-            None if self._sqlite else OneStatementAdmission(self, hosts, reservations, allocation_log)
-        )
+        # tried first: a group that fits whole, granted by one conditional update (see whole_group.py)
+        self._whole_group = WholeGroupAdmission(self, hosts, reservations, allocation_log)
         self._nowait: PoolProxiedConnection | None = None  # try_reserve_many's own, made on first use
         self._checkpointer: _Checkpointer | None = None
 
@@ -242,8 +240,7 @@ class Ledger:
         if self._nowait is not None:
             self._nowait.close()
             self._nowait = None
-        if self._one_statement is not None:
-            self._one_statement.close()
+        self._whole_group.close()
         self.engine.dispose()
 
     # ---- transactions -------------------------------------------------------------------------
@@ -734,28 +731,34 @@ class Ledger:
         """Admit many requests in arrival order in ONE transaction (group commit): each is checked against
         the totals its predecessors left, exactly as if reserved one by one. A refusal writes nothing, so it
         is returned in its place without spoiling the others."""
-        if self._one_statement is not None and holds and not self.in_batch:
-            granted = self._one_statement.try_admit(holds)
+        if holds and not self._sqlite and not self.in_batch:
+            granted = self._whole_group.try_admit(holds)  # one round trip, in autocommit
             if granted is not None:
                 return list(granted)
         with self.batch():
-            return self._admission.admit(self._batch.conn, holds)
+            conn = self._batch.conn
+            if holds and self._sqlite:
+                outcomes = self._whole_group_in(conn.connection.dbapi_connection, holds)
+                if outcomes is not None:
+                    return outcomes
+            return self._admission.admit(conn, holds)
 
     def try_reserve_many(self, holds: Sequence[Hold]) -> list[Grant | LedgerError] | None:
         """`reserve_many`, or None at once when it cannot be done right now without waiting (much).
 
         Cheap enough for an event loop to run in place instead of paying two thread hops per group:
-        - SQLite: with the write lock free, admission is a few local statements. It runs on a connection of
-          its own with SQLite's busy timeout at 0 (a lock another process holds is a quick None too) and in
-          a transaction opened on the bare DBAPI connection; a group that needs `Ledger.reserve` (GPU, holds
-          due to expire, unknown host, capacities not cached) is None as well.
-        - PostgreSQL: a lone request that fits, granted by the one-statement path (one round trip). A
+        - SQLite: with the write lock free, admission is a few local statements (the whole-group update,
+          else group admission). It runs on a connection of its own with SQLite's busy timeout at 0 (a lock
+          another process holds is a quick None too) and in a transaction opened on the bare DBAPI
+          connection; a group that needs `Ledger.reserve` (GPU, holds due to expire, unknown host,
+          capacities not cached) is None as well.
+        - PostgreSQL: a lone request that fits, granted by the whole-group path (one round trip). A
           bigger group is None: in a thread its round trips overlap the loop reading the next requests.
         """
         if not self._sqlite:
-            if self._one_statement is None or len(holds) != 1 or self.in_batch:
+            if len(holds) != 1 or self.in_batch:
                 return None
-            granted = self._one_statement.try_admit(holds)
+            granted = self._whole_group.try_admit(holds)
             return None if granted is None else list(granted)
         if not self._write_lock.acquire(blocking=False):
             return None
@@ -766,7 +769,9 @@ class Ledger:
             except sqlite3.OperationalError:
                 return None
             try:
-                outcomes = self._admission.admit_plain(dbapi, holds)
+                outcomes = self._whole_group_in(dbapi, holds) if holds else None
+                if outcomes is None:
+                    outcomes = self._admission.admit_plain(dbapi, holds)
                 if outcomes is None:
                     dbapi.rollback()
                 else:
@@ -779,6 +784,17 @@ class Ledger:
                 raise
         finally:
             self._write_lock.release()
+
+    def _whole_group_in(
+        self, dbapi_connection: Any, holds: Sequence[Hold]
+    ) -> list[Grant | LedgerError] | None:
+        """SQLite: the whole-group grant inside the open write transaction, or None (nothing written)."""
+        cursor = dbapi_connection.cursor()
+        try:
+            granted = self._whole_group.try_admit_in(cursor, holds)
+        finally:
+            cursor.close()
+        return None if granted is None else list(granted)
 
     def _nowait_connection(self) -> sqlite3.Connection:
         if self._nowait is None:

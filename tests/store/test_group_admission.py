@@ -142,7 +142,7 @@ def _rows(ledger: Ledger, host: str) -> list[tuple[Any, ...]]:
 def _compare_with_one_by_one(db_url: str, rounds: list[Any]) -> tuple[int, int]:
     """Run `rounds` through group admission exactly as the service calls it and through `reserve` one by
     one on a twin ledger; assert the same outcomes, totals and rows. Returns (host groups the group path
-    decided, groups the one-statement path granted)."""
+    decided, groups the whole-group path granted)."""
     clock = Clock()
     grouped, single, grouped_hosts, single_hosts = _ledgers(db_url, clock)
     decided = [0]
@@ -170,8 +170,7 @@ def _compare_with_one_by_one(db_url: str, rounds: list[Any]) -> tuple[int, int]:
         for name in ("main", "other"):
             assert _rows(grouped, grouped_hosts[name]) == _rows(single, single_hosts[name])
         assert grouped.drift() == []
-        one_statement = grouped._one_statement
-        return decided[0], 0 if one_statement is None else one_statement.granted_groups
+        return decided[0], grouped._whole_group.granted_groups
     finally:
         grouped.close()
         single.close()
@@ -180,12 +179,12 @@ def _compare_with_one_by_one(db_url: str, rounds: list[Any]) -> tuple[int, int]:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rounds=rounds)
 def test_group_admission_decides_exactly_as_one_by_one(db_url: str, rounds: list[Any]) -> None:
-    decided, _ = _compare_with_one_by_one(db_url, rounds)
-    FAST_GROUPS.append(decided)
+    decided, whole = _compare_with_one_by_one(db_url, rounds)
+    FAST_GROUPS.append(decided + whole)
 
 
-# What a service for one host sends: every hold for "main", most of them plain, so that on PostgreSQL
-# whole groups go the one-statement way, until the host fills up and they fall back.
+# What a service for one host sends: every hold for "main", most of them plain, so that whole groups go
+# the whole-group way, until the host fills up and they fall back.
 small_requests = st.builds(
     AllocationRequest,
     vcpus=st.integers(0, 2),
@@ -206,14 +205,14 @@ one_host_rounds = st.lists(
     min_size=6,
     max_size=10,
 )
-ONE_STATEMENT_GROUPS: list[int] = []
+WHOLE_GROUPS: dict[str, list[int]] = {"sqlite": [], "postgresql": []}
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rounds=one_host_rounds)
-def test_one_statement_admission_decides_exactly_as_one_by_one(pg_url: str, rounds: list[Any]) -> None:
-    _, granted = _compare_with_one_by_one(pg_url, rounds)
-    ONE_STATEMENT_GROUPS.append(granted)
+def test_whole_group_admission_decides_exactly_as_one_by_one(db_url: str, rounds: list[Any]) -> None:
+    _, granted = _compare_with_one_by_one(db_url, rounds)
+    WHOLE_GROUPS["sqlite" if db_url.startswith("sqlite") else "postgresql"].append(granted)
 
 
 def test_the_property_test_exercised_the_group_path() -> None:
@@ -224,12 +223,14 @@ def test_the_property_test_exercised_the_group_path() -> None:
     assert sum(FAST_GROUPS) > len(FAST_GROUPS), FAST_GROUPS
 
 
-def test_the_one_statement_test_exercised_that_path() -> None:
-    """Likewise: on PostgreSQL the one-statement path must have granted groups (and left others to group
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_the_whole_group_test_exercised_that_path(engine: str) -> None:
+    """Likewise: the whole-group path must have granted groups on each engine (and left others to group
     admission, which the equality above then covered too)."""
-    if not ONE_STATEMENT_GROUPS:
-        pytest.skip("the one-statement property test did not run in this session")
-    assert sum(ONE_STATEMENT_GROUPS) >= 2 * len(ONE_STATEMENT_GROUPS), ONE_STATEMENT_GROUPS
+    granted = WHOLE_GROUPS[engine]
+    if not granted:
+        pytest.skip("the whole-group property test did not run on this engine in this session")
+    assert sum(granted) >= 2 * len(granted), granted
 
 
 def test_try_reserve_many_returns_none_at_once_while_another_process_writes(sqlite_url: str) -> None:
@@ -267,7 +268,7 @@ def test_try_reserve_many_returns_none_while_this_process_writes(sqlite_url: str
 
 
 def test_try_reserve_many_on_postgresql_grants_only_a_lone_request_that_fits(pg_url: str) -> None:
-    """On PostgreSQL the event loop may only spend one round trip: the one-statement path, for one hold."""
+    """On PostgreSQL the event loop may only spend one round trip: the whole-group path, for one hold."""
     ledger = Ledger.open(pg_url, migrate=False)
     host = f"pg-{uuid.uuid4().hex[:8]}"
     lone = [(host, AllocationRequest(vcpus=1), None, None)]
@@ -302,6 +303,27 @@ def test_a_group_that_fails_midway_writes_nothing(sqlite_url: str, size: int) ->
         ledger.close()
 
 
+@pytest.mark.parametrize("call", ["try_reserve_many", "reserve_many"])
+def test_a_whole_group_that_fails_after_its_update_writes_nothing(sqlite_url: str, call: str) -> None:
+    """SQLite: the whole-group update matched, then an insert failed: the totals it moved roll back too."""
+    ledger = Ledger.open(sqlite_url, migrate=False)
+    host = f"fail-{uuid.uuid4().hex[:8]}"
+    group = [(host, AllocationRequest(vcpus=1), None, None)] * 3
+    ledger.register_host(host, capacities(cpu=1000), {})
+    try:
+        ledger.reserve_many(group[:1])  # group admission loads the capacities
+        ledger._whole_group._insert_log = "INSERT INTO no_such_table VALUES (?)"
+        with pytest.raises(Exception, match="no_such_table"):
+            getattr(ledger, call)(group)
+        assert ledger._whole_group.granted_groups == 0
+        assert ledger.status(host, ResourceType.CPU).pending == 1
+        with ledger.engine.connect() as conn:
+            assert len(conn.execute(select(reservations).where(reservations.c.host_id == host)).all()) == 1
+        assert ledger.drift() == []
+    finally:
+        ledger.close()
+
+
 @settings(max_examples=300)
 @given(
     value=st.datetimes(
@@ -320,36 +342,35 @@ def test_sqlite_time_binder_writes_what_sqlalchemy_writes(value: datetime) -> No
     assert fast(value) == reference(value)
 
 
-def test_one_statement_path_survives_a_killed_connection(pg_url: str) -> None:
-    """The one-statement path's own connection dies (server restart, admin kill): that group still gets
+def test_whole_group_path_survives_a_killed_connection(pg_url: str) -> None:
+    """The whole-group path's own connection dies (server restart, admin kill): that group still gets
     its answer from group admission, nothing is counted twice, and the next group reconnects."""
     ledger = Ledger.open(pg_url, migrate=False)
     host = f"pg-{uuid.uuid4().hex[:8]}"
     lone = [(host, AllocationRequest(vcpus=1), None, None)]
-    one_statement = ledger._one_statement
-    assert one_statement is not None
+    whole_group = ledger._whole_group
     try:
         ledger.register_host(host, capacities(cpu=8, memory=GIB), {})
         ledger.reserve_many(lone)  # group admission loads the capacities
         ledger.reserve_many(lone)
-        assert one_statement.granted_groups == 1
-        connection = one_statement._connection
+        assert whole_group.granted_groups == 1
+        connection = whole_group._connection
         assert connection is not None
         pid = connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
         with ledger.engine.connect() as admin:
             admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
         granted = ledger.reserve_many(lone)
         assert isinstance(granted[0], Grant)
-        assert one_statement.granted_groups == 1  # group admission answered that one
+        assert whole_group.granted_groups == 1  # group admission answered that one
         ledger.reserve_many(lone)
-        assert one_statement.granted_groups == 2  # a new connection
+        assert whole_group.granted_groups == 2  # a new connection
         assert ledger.status(host, ResourceType.CPU).pending == 4
         assert ledger.drift() == []
     finally:
         ledger.close()
 
 
-def test_one_statement_path_gives_up_quickly_on_a_locked_host(pg_url: str) -> None:
+def test_whole_group_path_gives_up_quickly_on_a_locked_host(pg_url: str) -> None:
     """On the event loop it must not wait for a host row another transaction holds (the event consumer's
     batch, another replica): it answers None within its lock timeout, and writes nothing."""
     ledger = Ledger.open(pg_url, migrate=False)

@@ -1,0 +1,264 @@
+"""A group of holds that fits whole, checked by ONE conditional update of the host's totals.
+
+Most validates ask for what plainly fits. For those, group admission's work (read the locked host row,
+decide in Python, write) can shrink to a single `UPDATE hosts SET pend_… = pend_… + <group total> WHERE
+<everything fits> RETURNING 1`: a row back means every hold of the group is granted, and its holds and log
+rows are inserted; no row means nothing was written and group admission decides exactly, wording any
+refusal.
+- PostgreSQL: the inserts ride in the same statement as data-modifying CTEs that only produce rows when
+  the update matched, sent in autocommit: one round trip instead of group admission's four (BEGIN, the
+  locked read, the writes, COMMIT). One statement is one transaction; it takes the host row's lock, so
+  concurrent callers still serialize on it.
+- SQLite: inside the caller's `BEGIN IMMEDIATE` transaction, the update then two `executemany`; it saves
+  the host read and the Python decision, which dominate a lone request's admission.
+
+The check is the reference's, summed: if the group's total demand of each resource fits what the host has
+left, every request fits after its predecessors (amounts are never negative). Anything else — a shortfall,
+a capacity change since the limits were cached, a hold due to expire, an idempotency key seen before, a
+GPU, a bad TTL, several hosts, a lost connection — makes the update match nothing (or is caught before it
+is sent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sqlalchemy import Table
+
+from ledger.core.errors import LedgerError
+from ledger.core.resources import ResourceType
+from ledger.core.units import MAX_AMOUNT
+from ledger.store.admission import Hold, binder, binders
+from ledger.store.results import Grant
+from ledger.store.totals import ALLOC_COLUMNS, PEND_COLUMN
+
+if TYPE_CHECKING:
+    from sqlalchemy.pool import PoolProxiedConnection
+
+    from ledger.store.ledger import Ledger
+
+
+_MAX_SHAPES = 512
+LOCK_TIMEOUT_MS = 100
+STATEMENT_TIMEOUT_MS = 2000
+
+Shape = tuple[int, int, int, tuple[ResourceType, ...]]  # keys, holds, log rows, resources asked for
+
+
+class _Plan(NamedTuple):
+    shape: Shape
+    update: list[Any]  # the update's parameters
+    holds: list[tuple[Any, ...]]  # bound rows
+    logs: list[tuple[Any, ...]]
+    grants: list[Grant]
+
+
+class WholeGroupAdmission:
+    """Grants a group whole, or answers None (having written nothing) for group admission to decide."""
+
+    def __init__(self, ledger: Ledger, hosts: Table, reservations: Table, allocation_log: Table) -> None:
+        self.ledger = ledger
+        dialect = ledger.engine.dialect
+        self._sqlite = dialect.name == "sqlite"
+        self._mark = "?" if self._sqlite else "%s"
+        self._hold_columns = tuple(c.name for c in reservations.c)
+        self._log_columns = tuple(c.name for c in allocation_log.c if c.name != "id")
+        self._bind_hold = binders(reservations, self._hold_columns, dialect)
+        self._bind_log = binders(allocation_log, self._log_columns, dialect)
+        self._bind_time = binder(hosts.c.next_expiry, dialect)
+        if self._sqlite:
+            self._insert_hold = _insert_values("reservations", self._hold_columns)
+            self._insert_log = _insert_values("allocation_log", self._log_columns)
+        else:
+            self._typed_hold = _typed_row(reservations, self._hold_columns, dialect)
+            self._typed_log = _typed_row(allocation_log, self._log_columns, dialect)
+        self._statements: dict[Shape, str] = {}
+        self._connection: PoolProxiedConnection | None = None  # PostgreSQL: its own, in autocommit
+        self._in_use = threading.Lock()
+        self.granted_groups = 0  # how many groups this path settled (tests check it carries the load)
+
+    def close(self) -> None:
+        with self._in_use:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    # ---- SQLite ---------------------------------------------------------------------------------
+
+    def try_admit_in(self, cursor: Any, holds: Sequence[Hold]) -> list[Grant] | None:
+        """SQLite, inside the caller's write transaction: every hold granted and written, or None."""
+        plan = self._plan(holds)
+        if plan is None:
+            return None
+        cursor.execute(self._statement(plan.shape), plan.update)
+        if cursor.fetchone() is None:
+            return None
+        cursor.executemany(self._insert_hold, plan.holds)
+        if plan.logs:
+            cursor.executemany(self._insert_log, plan.logs)
+        self.granted_groups += 1
+        return plan.grants
+
+    # ---- PostgreSQL -----------------------------------------------------------------------------
+
+    def try_admit(self, holds: Sequence[Hold]) -> list[Grant] | None:
+        """PostgreSQL, one autocommit statement: every hold granted and written, or None."""
+        plan = self._plan(holds)
+        if plan is None or not self._in_use.acquire(blocking=False):
+            return None
+        try:
+            return self._run(plan)
+        finally:
+            self._in_use.release()
+
+    def _run(self, plan: _Plan) -> list[Grant] | None:
+        import psycopg  # here, not at the top: a SQLite-only process (and every CLI start) need not load it
+
+        params = plan.update + [v for row in plan.holds for v in row] + [v for row in plan.logs for v in row]
+        connection = None
+        try:
+            connection = self._autocommit_connection()
+            with connection.cursor() as cursor:
+                cursor.execute(self._statement(plan.shape), params)
+                found = cursor.fetchone()
+        except psycopg.Error as exc:
+            # a key taken by a concurrent caller (unique violation), a lock held too long, a lost
+            # connection, …: nothing was written (one statement is one transaction)
+            if isinstance(exc, psycopg.OperationalError) or connection is None or connection.closed:
+                self._drop_connection()
+            return None
+        if found is None or found[0] != 1:
+            return None
+        self.granted_groups += 1
+        return plan.grants
+
+    def _autocommit_connection(self) -> Any:
+        if self._connection is None:
+            pooled = self.ledger.engine.raw_connection()
+            pooled.detach()  # autocommit is its own setting: it never goes back to the pool
+            dbapi: Any = pooled.dbapi_connection
+            dbapi.autocommit = True
+            # It may run on an event loop: a host row locked by another transaction (the event consumer's
+            # batch, another replica) or a stalled server must not hold the loop. Give up early instead;
+            # group admission, on a thread, then waits as long as it takes.
+            dbapi.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+            dbapi.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            self._connection = pooled
+        return self._connection.dbapi_connection
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # broken already; a new one is made next time
+                connection.close()
+
+    # ---- both -----------------------------------------------------------------------------------
+
+    def _plan(self, holds: Sequence[Hold]) -> _Plan | None:
+        """The update's parameters, the rows and the grants, when the group qualifies."""
+        ledger = self.ledger
+        host_id = holds[0][0]
+        cached = ledger.cached_capacities(host_id)
+        if cached is None:
+            return None
+        version, capacity_rows = cached
+        keys: set[str] = set()
+        totals = dict.fromkeys(ResourceType, 0)
+        rows, logs, grants = [], [], []
+        try:
+            for hold_host, request, key, asked_ttl in holds:
+                if hold_host != host_id or request.wants_gpu or (key is not None and key in keys):
+                    return None
+                ttl = ledger._hold_ttl(asked_ttl, key)
+                if key is not None:
+                    keys.add(key)
+                row = ledger._hold_row(host_id, request, key, ttl)
+                delta = {}
+                for resource, column in PEND_COLUMN.items():
+                    amount = request.demand(resource)
+                    if amount:
+                        totals[resource] += amount
+                        delta[column] = amount
+                rows.append(self._bind_hold(row))
+                if delta:
+                    rid = row["reservation_id"]
+                    log = ledger._log_row(host_id, "reservation", rid, "reserved", "api", delta)
+                    logs.append(self._bind_log(log))
+                grants.append(Grant(row["reservation_id"], host_id, row["status"], row["expires_at"], key))
+        except LedgerError:
+            return None  # a bad TTL or key: group admission words the refusal
+        if any(total > MAX_AMOUNT for total in totals.values()):
+            return None
+        wanted = tuple(r for r in ResourceType if totals[r])
+        earliest = self._bind_time(min(g.expires_at for g in grants))
+        update: list[Any] = [*(totals[r] for r in PEND_COLUMN), earliest, earliest]
+        update += [host_id, version, self._bind_time(ledger.clock())]
+        for resource in wanted:
+            capacity = capacity_rows.get(resource.value)
+            update += [capacity.effective_limit if capacity is not None else 0, totals[resource]]
+        if keys:
+            update += [host_id, *sorted(keys)]
+        return _Plan((len(keys), len(rows), len(logs), wanted), update, rows, logs, grants)
+
+    def _statement(self, shape: Shape) -> str:
+        statement = self._statements.get(shape)
+        if statement is None:
+            if len(self._statements) >= _MAX_SHAPES:  # group sizes vary under load: keep the text cache small
+                self._statements.clear()
+            statement = self._statements[shape] = self._build(shape)
+        return statement
+
+    def _build(self, shape: Shape) -> str:
+        """The statement for one shape of group; parameters in the order `_plan` lists them."""
+        keys, holds, logs, wanted = shape
+        mark = self._mark
+        move = ", ".join(f"{c} = {c} + {mark}" for c in PEND_COLUMN.values())
+        fits = "".join(
+            f" AND {mark} - {' - '.join((*ALLOC_COLUMNS[r], PEND_COLUMN[r]))} >= {mark}" for r in wanted
+        )
+        unseen = (
+            " AND NOT EXISTS (SELECT 1 FROM reservations"
+            f" WHERE host_id = {mark} AND idempotency_key IN ({', '.join([mark] * keys)}))"
+            if keys
+            else ""
+        )
+        update = (
+            f"UPDATE hosts SET {move}, next_expiry = CASE WHEN next_expiry IS NULL OR next_expiry > {mark} "
+            f"THEN {mark} ELSE next_expiry END WHERE host_id = {mark} AND capacity_version = {mark} "
+            f"AND (next_expiry IS NULL OR next_expiry > {mark}){fits}{unseen} RETURNING 1"
+        )
+        if self._sqlite:
+            return update
+        ctes = [
+            f"moved AS ({update})",
+            f"new_holds AS ({_insert_rows('reservations', self._hold_columns, self._typed_hold, holds)})",
+        ]
+        if logs:
+            ctes.append(
+                f"new_logs AS ({_insert_rows('allocation_log', self._log_columns, self._typed_log, logs)})"
+            )
+        return f"WITH {', '.join(ctes)} SELECT count(*) FROM moved"
+
+
+def _insert_values(table: str, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['?'] * len(columns))})"
+
+
+def _insert_rows(table: str, columns: tuple[str, ...], typed_row: str, count: int) -> str:
+    """Rows of values for `table`, inserted only when `moved` matched."""
+    values = ", ".join([typed_row] * count)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"SELECT v.* FROM moved, (VALUES {values}) AS v({', '.join(columns)})"
+    )
+
+
+def _typed_row(table: Table, columns: tuple[str, ...], dialect: Any) -> str:
+    """`(%s::TYPE, …)`: VALUES in a subquery has no target columns to infer parameter types from. Lengths
+    are dropped so an over-long value still fails on the column instead of being cut by the cast."""
+    types = [re.sub(r"\(\d+\)", "", table.c[name].type.compile(dialect=dialect)) for name in columns]
+    return f"({', '.join(f'%s::{t}' for t in types)})"
