@@ -270,11 +270,11 @@ def _utc_text(value: datetime | None) -> str | None:
     """A UTC column's value as SQLite stores it (`binder` checks that SQLAlchemy would write the same)."""
     if value is None:
         return None
+    if value.tzinfo is UTC:  # what the ledger's clock gives: "…+00:00" without the offset
+        return value.isoformat(" ", "microseconds")[:-6]
     if value.tzinfo is None:
         raise ValueError("naive datetime given to a UTC column")
-    if value.utcoffset():
-        value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _reader(column: Column[Any], dialect: Any) -> Callable[[Any], Any]:

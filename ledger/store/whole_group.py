@@ -46,6 +46,10 @@ _MAX_SHAPES = 512
 LOCK_TIMEOUT_MS = 100
 STATEMENT_TIMEOUT_MS = 2000
 
+# iterating an Enum class is slow for the hot path: once, in the order the update's SET lists the columns
+_RESOURCES = tuple(ResourceType)
+_PENDING = tuple(PEND_COLUMN.items())  # (resource, the host column its holds pend in)
+
 Shape = tuple[int, int, int, tuple[ResourceType, ...]]  # keys, holds, log rows, resources asked for
 
 
@@ -167,7 +171,7 @@ class WholeGroupAdmission:
             return None
         version, capacity_rows = cached
         keys: set[str] = set()
-        totals = dict.fromkeys(ResourceType, 0)
+        totals = dict.fromkeys(_RESOURCES, 0)
         rows, logs, grants = [], [], []
         try:
             for hold_host, request, key, asked_ttl in holds:
@@ -178,7 +182,7 @@ class WholeGroupAdmission:
                     keys.add(key)
                 row = ledger._hold_row(host_id, request, key, ttl)
                 delta = {}
-                for resource, column in PEND_COLUMN.items():
+                for resource, column in _PENDING:
                     amount = request.demand(resource)
                     if amount:
                         totals[resource] += amount
@@ -193,9 +197,9 @@ class WholeGroupAdmission:
             return None  # a bad TTL or key: group admission words the refusal
         if any(total > MAX_AMOUNT for total in totals.values()):
             return None
-        wanted = tuple(r for r in ResourceType if totals[r])
+        wanted = tuple(r for r in _RESOURCES if totals[r])
         earliest = self._bind_time(min(g.expires_at for g in grants))
-        update: list[Any] = [*(totals[r] for r in PEND_COLUMN), earliest, earliest]
+        update: list[Any] = [*(totals[r] for r, _ in _PENDING), earliest, earliest]
         update += [host_id, version, self._bind_time(ledger.clock())]
         for resource in wanted:
             capacity = capacity_rows.get(resource.value)
@@ -216,7 +220,7 @@ class WholeGroupAdmission:
         """The statement for one shape of group; parameters in the order `_plan` lists them."""
         keys, holds, logs, wanted = shape
         mark = self._mark
-        move = ", ".join(f"{c} = {c} + {mark}" for c in PEND_COLUMN.values())
+        move = ", ".join(f"{c} = {c} + {mark}" for _, c in _PENDING)
         fits = "".join(
             f" AND {mark} - {' - '.join((*ALLOC_COLUMNS[r], PEND_COLUMN[r]))} >= {mark}" for r in wanted
         )
