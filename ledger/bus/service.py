@@ -164,11 +164,10 @@ class LedgerService:
     async def _admit_groups(self) -> None:
         """Admit everything waiting (up to max_group) in one transaction, answer each, repeat.
 
-        The group runs right here on the event loop when `try_reserve_many` can do it at once (SQLite with
-        the write lock free: a few local statements; PostgreSQL: a lone request that fits, one round trip),
-        which is cheaper than the two thread hops it would take to run it elsewhere. Otherwise (the lock is
-        taken by the event consumer's batch or another process; a PostgreSQL group, whose round trips then
-        overlap the loop reading the next requests) it runs on the admission thread.
+        On SQLite the group runs right here on the event loop when the write lock is free: it is a few local
+        statements, cheaper than the two thread hops it would take to run it elsewhere. When the lock is
+        taken (the event consumer's batch, another process), and always on PostgreSQL, whose statements wait
+        on the network, it runs on the admission thread.
         """
         loop = asyncio.get_running_loop()
         while True:

@@ -730,7 +730,8 @@ class Ledger:
     def reserve_many(self, holds: Sequence[Hold]) -> list[Grant | LedgerError]:
         """Admit many requests in arrival order in ONE transaction (group commit): each is checked against
         the totals its predecessors left, exactly as if reserved one by one. A refusal writes nothing, so it
-        is returned in its place without spoiling the others."""
+        is returned in its place without spoiling the others. (On PostgreSQL a group that fits whole is
+        granted by one autocommit statement first; when it does not fit, that statement writes nothing.)"""
         if holds and not self._sqlite and not self.in_batch:
             granted = self._whole_group.try_admit(holds)  # one round trip, in autocommit
             if granted is not None:
@@ -744,22 +745,17 @@ class Ledger:
             return self._admission.admit(conn, holds)
 
     def try_reserve_many(self, holds: Sequence[Hold]) -> list[Grant | LedgerError] | None:
-        """`reserve_many`, or None at once when it cannot be done right now without waiting (much).
+        """`reserve_many`, or None at once when it cannot be done right now without waiting.
 
-        Cheap enough for an event loop to run in place instead of paying two thread hops per group:
-        - SQLite: with the write lock free, admission is a few local statements (the whole-group update,
-          else group admission). It runs on a connection of its own with SQLite's busy timeout at 0 (a lock
-          another process holds is a quick None too) and in a transaction opened on the bare DBAPI
-          connection; a group that needs `Ledger.reserve` (GPU, holds due to expire, unknown host,
-          capacities not cached) is None as well.
-        - PostgreSQL: a lone request that fits, granted by the whole-group path (one round trip). A
-          bigger group is None: in a thread its round trips overlap the loop reading the next requests.
+        SQLite only (None on PostgreSQL, whose statements wait on the network): with the write lock free,
+        admission is a few local statements (the whole-group update, else group admission), cheap enough
+        for an event loop to run in place instead of paying two thread hops per group. It runs on a
+        connection of its own with SQLite's busy timeout at 0 (a lock another process holds is a quick None
+        too) and in a transaction opened on the bare DBAPI connection; a group that needs `Ledger.reserve`
+        (GPU, holds due to expire, unknown host, capacities not cached) is None as well.
         """
         if not self._sqlite:
-            if len(holds) != 1 or self.in_batch:
-                return None
-            granted = self._whole_group.try_admit(holds)
-            return None if granted is None else list(granted)
+            return None
         if not self._write_lock.acquire(blocking=False):
             return None
         try:

@@ -6,9 +6,11 @@ decide in Python, write) can shrink to a single `UPDATE hosts SET pend_… = pen
 rows are inserted; no row means nothing was written and group admission decides exactly, wording any
 refusal.
 - PostgreSQL: the inserts ride in the same statement as data-modifying CTEs that only produce rows when
-  the update matched, sent in autocommit: one round trip instead of group admission's four (BEGIN, the
-  locked read, the writes, COMMIT). One statement is one transaction; it takes the host row's lock, so
-  concurrent callers still serialize on it.
+  the update matched, sent in autocommit on a connection of its own: one round trip instead of group
+  admission's four (BEGIN, the locked read, the writes, COMMIT). One statement is one transaction; it
+  takes the host row's lock, so concurrent callers still serialize on it (a caller that waited for the
+  lock has the update's conditions re-checked against the row as committed; an idempotency key committed
+  meanwhile is caught by the unique constraint).
 - SQLite: inside the caller's `BEGIN IMMEDIATE` transaction, the update then two `executemany`; it saves
   the host read and the Python decision, which dominate a lone request's admission.
 
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Table
 
-from ledger.core.errors import LedgerError
+from ledger.core.errors import LedgerError, Unavailable
 from ledger.core.resources import ResourceType
 from ledger.core.units import MAX_AMOUNT
 from ledger.store.admission import Hold, binder, binders
@@ -43,8 +45,6 @@ if TYPE_CHECKING:
 
 
 _MAX_SHAPES = 512
-LOCK_TIMEOUT_MS = 100
-STATEMENT_TIMEOUT_MS = 2000
 
 # iterating an Enum class is slow for the hot path: once, in the order the update's SET lists the columns
 _RESOURCES = tuple(ResourceType)
@@ -110,7 +110,12 @@ class WholeGroupAdmission:
     # ---- PostgreSQL -----------------------------------------------------------------------------
 
     def try_admit(self, holds: Sequence[Hold]) -> list[Grant] | None:
-        """PostgreSQL, one autocommit statement: every hold granted and written, or None."""
+        """PostgreSQL, one autocommit statement: every hold granted and written, or None (nothing written).
+
+        Raises Unavailable when the connection fails under the statement: it may have committed or not, and
+        deciding again elsewhere could hold twice. The caller answers `unavailable`, as group admission does
+        for a lost connection; a retry with the same idempotency key is safe.
+        """
         plan = self._plan(holds)
         if plan is None or not self._in_use.acquire(blocking=False):
             return None
@@ -122,19 +127,23 @@ class WholeGroupAdmission:
     def _run(self, plan: _Plan) -> list[Grant] | None:
         import psycopg  # here, not at the top: a SQLite-only process (and every CLI start) need not load it
 
-        params = plan.update + [v for row in plan.holds for v in row] + [v for row in plan.logs for v in row]
-        connection = None
         try:
             connection = self._autocommit_connection()
+        except Exception:  # the database is unreachable now: group admission reports it properly
+            return None
+        params = plan.update + [v for row in plan.holds for v in row] + [v for row in plan.logs for v in row]
+        try:
             with connection.cursor() as cursor:
                 cursor.execute(self._statement(plan.shape), params)
                 found = cursor.fetchone()
         except psycopg.Error as exc:
-            # a key taken by a concurrent caller (unique violation), a lock held too long, a lost
-            # connection, …: nothing was written (one statement is one transaction)
-            if isinstance(exc, psycopg.OperationalError) or connection is None or connection.closed:
-                self._drop_connection()
-            return None
+            if exc.sqlstate is not None and not connection.broken:
+                # the server refused the statement, so it wrote nothing: typically an idempotency key that
+                # a concurrent caller committed after this statement's snapshot (the unique constraint
+                # catches it; group admission then replays that reservation)
+                return None
+            self._drop_connection()
+            raise Unavailable(f"database unavailable: {str(exc).strip()}") from exc
         if found is None or found[0] != 1:
             return None
         self.granted_groups += 1
@@ -144,13 +153,11 @@ class WholeGroupAdmission:
         if self._connection is None:
             pooled = self.ledger.engine.raw_connection()
             pooled.detach()  # autocommit is its own setting: it never goes back to the pool
-            dbapi: Any = pooled.dbapi_connection
-            dbapi.autocommit = True
-            # It may run on an event loop: a host row locked by another transaction (the event consumer's
-            # batch, another replica) or a stalled server must not hold the loop. Give up early instead;
-            # group admission, on a thread, then waits as long as it takes.
-            dbapi.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
-            dbapi.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            try:
+                pooled.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+            except Exception:
+                pooled.close()
+                raise
             self._connection = pooled
         return self._connection.dbapi_connection
 

@@ -6,6 +6,7 @@ the same rows, no drift. Checked on both engines with random groups, then the lo
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from ledger.core.capacity import AllocationRequest
-from ledger.core.errors import LedgerError
+from ledger.core.errors import LedgerError, Unavailable
 from ledger.core.gpu import GPUProfile, GPUStatus
 from ledger.core.resources import ResourceType
 from ledger.store.admission import Hold, binder
@@ -267,21 +268,15 @@ def test_try_reserve_many_returns_none_while_this_process_writes(sqlite_url: str
         ledger.close()
 
 
-def test_try_reserve_many_on_postgresql_grants_only_a_lone_request_that_fits(pg_url: str) -> None:
-    """On PostgreSQL the event loop may only spend one round trip: the whole-group path, for one hold."""
+def test_try_reserve_many_is_not_for_postgresql(pg_url: str) -> None:
+    """Every PostgreSQL statement waits on the network: none of them runs on the event loop."""
     ledger = Ledger.open(pg_url, migrate=False)
     host = f"pg-{uuid.uuid4().hex[:8]}"
     lone = [(host, AllocationRequest(vcpus=1), None, None)]
     try:
-        assert ledger.try_reserve_many(lone) is None  # unknown host
         ledger.register_host(host, capacities(cpu=2, memory=GIB), {})
-        ledger.reserve_many(lone)  # group admission loads the capacities
-        granted = ledger.try_reserve_many(lone)
-        assert granted is not None and isinstance(granted[0], Grant)
-        assert ledger.try_reserve_many(lone * 2) is None  # a group: the caller's thread does it
-        assert ledger.try_reserve_many([(host, AllocationRequest(vcpus=50), None, None)]) is None  # no room
-        assert ledger.status(host, ResourceType.CPU).pending == 2
-        assert ledger.drift() == []
+        ledger.reserve_many(lone)  # capacities cached: the whole-group path could take the next one
+        assert ledger.try_reserve_many(lone) is None
     finally:
         ledger.close()
 
@@ -342,9 +337,10 @@ def test_sqlite_time_binder_writes_what_sqlalchemy_writes(value: datetime) -> No
     assert fast(value) == reference(value)
 
 
-def test_whole_group_path_survives_a_killed_connection(pg_url: str) -> None:
-    """The whole-group path's own connection dies (server restart, admin kill): that group still gets
-    its answer from group admission, nothing is counted twice, and the next group reconnects."""
+def test_whole_group_path_answers_unavailable_for_a_killed_connection_then_reconnects(pg_url: str) -> None:
+    """The whole-group path's own connection dies (server restart, admin kill). Whether its statement
+    committed is unknown, so the group is answered `unavailable` (deciding it again could hold twice); the
+    next group reconnects. Nothing is counted twice."""
     ledger = Ledger.open(pg_url, migrate=False)
     host = f"pg-{uuid.uuid4().hex[:8]}"
     lone = [(host, AllocationRequest(vcpus=1), None, None)]
@@ -359,32 +355,42 @@ def test_whole_group_path_survives_a_killed_connection(pg_url: str) -> None:
         pid = connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
         with ledger.engine.connect() as admin:
             admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
-        granted = ledger.reserve_many(lone)
-        assert isinstance(granted[0], Grant)
-        assert whole_group.granted_groups == 1  # group admission answered that one
+        with pytest.raises(Unavailable):
+            ledger.reserve_many(lone)
         ledger.reserve_many(lone)
         assert whole_group.granted_groups == 2  # a new connection
-        assert ledger.status(host, ResourceType.CPU).pending == 4
+        assert ledger.status(host, ResourceType.CPU).pending == 3
         assert ledger.drift() == []
     finally:
         ledger.close()
 
 
-def test_whole_group_path_gives_up_quickly_on_a_locked_host(pg_url: str) -> None:
-    """On the event loop it must not wait for a host row another transaction holds (the event consumer's
-    batch, another replica): it answers None within its lock timeout, and writes nothing."""
-    ledger = Ledger.open(pg_url, migrate=False)
+def test_a_key_another_replica_commits_meanwhile_is_replayed_not_held_twice(pg_url: str) -> None:
+    """Replica B holds the host row while it reserves under key k; replica A's whole-group statement for
+    the same key waits for the row, and its NOT EXISTS was read before B committed. The unique constraint
+    stops A's insert; A falls back to group admission, which replays B's reservation."""
+    replica_a = Ledger.open(pg_url, migrate=False)
+    replica_b = Ledger.open(pg_url, migrate=False)
     host = f"pg-{uuid.uuid4().hex[:8]}"
-    lone = [(host, AllocationRequest(vcpus=1), None, None)]
+    request = AllocationRequest(vcpus=1)
     try:
-        ledger.register_host(host, capacities(cpu=8, memory=GIB), {})
-        ledger.reserve_many(lone)  # group admission loads the capacities
-        with ledger.engine.begin() as other:
-            other.exec_driver_sql("SELECT 1 FROM hosts WHERE host_id = %s FOR UPDATE", (host,))
-            started = time.monotonic()
-            assert ledger.try_reserve_many(lone) is None
-            assert time.monotonic() - started < 1.0
-        assert ledger.try_reserve_many(lone) is not None  # the lock is gone: one round trip again
-        assert ledger.status(host, ResourceType.CPU).pending == 2
+        replica_a.register_host(host, capacities(cpu=8, memory=GIB), {})
+        replica_a.reserve_many([(host, request, None, None)])  # capacities cached in A
+        outcome: list[Any] = []
+        with replica_b.batch():
+            earlier = replica_b.reserve(host, request, idempotency_key="k")
+            waiting = threading.Thread(
+                target=lambda: outcome.extend(replica_a.reserve_many([(host, request, "k", None)]))
+            )
+            waiting.start()
+            time.sleep(0.5)  # A is now blocked on the host row B holds
+            assert waiting.is_alive()
+        waiting.join(timeout=30)
+        assert isinstance(outcome[0], Grant) and outcome[0].replayed
+        assert outcome[0].reservation_id == earlier.reservation_id
+        assert replica_a._whole_group.granted_groups == 0
+        assert replica_a.status(host, ResourceType.CPU).pending == 2
+        assert replica_a.drift() == []
     finally:
-        ledger.close()
+        replica_a.close()
+        replica_b.close()
