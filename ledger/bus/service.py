@@ -140,6 +140,7 @@ class LedgerService:
             self._admitter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._admitter
+        await self.ledger.aclose()
         self._pool.shutdown(wait=True)
         self._admission_thread.shutdown(wait=True)
 
@@ -165,9 +166,10 @@ class LedgerService:
         """Admit everything waiting (up to max_group) in one transaction, answer each, repeat.
 
         On SQLite the group runs right here on the event loop when the write lock is free: it is a few local
-        statements, cheaper than the two thread hops it would take to run it elsewhere. When the lock is
-        taken (the event consumer's batch, another process), and always on PostgreSQL, whose statements wait
-        on the network, it runs on the admission thread.
+        statements, cheaper than the two thread hops it would take to run it elsewhere. On PostgreSQL a lone
+        request that fits is granted by one statement on an async connection, awaited here. Anything else
+        (the SQLite lock taken by the event consumer's batch or another process; a PostgreSQL group or a
+        lone request that does not fit) runs on the admission thread.
         """
         loop = asyncio.get_running_loop()
         while True:
@@ -180,6 +182,8 @@ class LedgerService:
             outcomes: list[Grant | LedgerError] | None
             try:
                 outcomes = self.ledger.try_reserve_many(holds)
+                if outcomes is None:
+                    outcomes = await self.ledger.try_reserve_many_async(holds)
                 if outcomes is None:
                     outcomes = await loop.run_in_executor(
                         self._admission_thread, self.ledger.reserve_many, holds

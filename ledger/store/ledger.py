@@ -781,6 +781,19 @@ class Ledger:
         finally:
             self._write_lock.release()
 
+    async def try_reserve_many_async(self, holds: Sequence[Hold]) -> list[Grant | LedgerError] | None:
+        """PostgreSQL, for an event loop: a lone request that fits, granted by the whole-group statement on
+        an async connection (one round trip, no thread hops, the loop never blocked); None otherwise, and
+        always on SQLite (`try_reserve_many` is its loop path)."""
+        if self._sqlite or len(holds) != 1:
+            return None
+        granted = await self._whole_group.try_admit_async(holds)
+        return None if granted is None else list(granted)
+
+    async def aclose(self) -> None:
+        """Close what lives on the caller's event loop (the async connection above); `close` does the rest."""
+        await self._whole_group.aclose()
+
     def _whole_group_in(
         self, dbapi_connection: Any, holds: Sequence[Hold]
     ) -> list[Grant | LedgerError] | None:

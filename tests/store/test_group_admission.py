@@ -5,6 +5,7 @@ the same rows, no drift. Checked on both engines with random groups, then the lo
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -394,3 +395,40 @@ def test_a_key_another_replica_commits_meanwhile_is_replayed_not_held_twice(pg_u
     finally:
         replica_a.close()
         replica_b.close()
+
+
+async def test_the_event_loop_path_on_postgresql(pg_url: str) -> None:
+    """`try_reserve_many_async`: a lone request that fits is granted on the async connection; one that does
+    not fit, or a group, is None (nothing written); a killed connection is `unavailable`, then reconnects."""
+    ledger = Ledger.open(pg_url, migrate=False)
+    host = f"pg-{uuid.uuid4().hex[:8]}"
+    lone = [(host, AllocationRequest(vcpus=1), None, None)]
+    try:
+        ledger.register_host(host, capacities(cpu=2, memory=GIB), {})
+        assert await ledger.try_reserve_many_async(lone) is None  # capacities not cached yet
+        ledger.reserve_many(lone)
+        granted = await ledger.try_reserve_many_async(lone)
+        assert granted is not None and isinstance(granted[0], Grant)
+        assert await ledger.try_reserve_many_async(lone * 2) is None  # a group: the admission thread's
+        assert await ledger.try_reserve_many_async([(host, AllocationRequest(vcpus=50), None, None)]) is None
+        pid = ledger._whole_group._async_connection.info.backend_pid
+        with ledger.engine.connect() as admin:
+            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        with pytest.raises(Unavailable):
+            await ledger.try_reserve_many_async(lone)
+        assert await ledger.try_reserve_many_async(lone) is not None
+        assert ledger._whole_group.granted_groups == 2
+        assert ledger.status(host, ResourceType.CPU).pending == 3
+        assert ledger.drift() == []
+    finally:
+        await ledger.aclose()
+        ledger.close()
+
+
+def test_try_reserve_many_async_is_not_for_sqlite(sqlite_url: str) -> None:
+    ledger = Ledger.open(sqlite_url, migrate=False)
+    lone = [("any", AllocationRequest(vcpus=1), None, None)]
+    try:
+        assert asyncio.run(ledger.try_reserve_many_async(lone)) is None
+    finally:
+        ledger.close()
