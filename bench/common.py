@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -18,16 +16,6 @@ from sqlalchemy.engine import make_url
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PG_ADMIN_URL = os.environ.get("LEDGER_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def percentile(samples: list[float], fraction: float) -> float:

@@ -53,11 +53,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nats
-from common import PgDatabase, summarize, terminate, write_results
+from common import PgDatabase, summarize, write_results
 from nats.aio.client import Client
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 
-from ledger.bus.embedded import EmbeddedNats
+from ledger.bus.embedded import EmbeddedNats, terminate
 from ledger.client import LedgerClient
 from ledger.store.engine import is_sqlite, make_engine
 
