@@ -504,7 +504,7 @@ class _Probe:
             self.groups += 1
         return outcomes
 
-    def reserve_many(self, requests: list[Any]) -> list[Any]:
+    def reserve_many(self, requests: list[Any], **options: Any) -> list[Any]:
         t_start = time.perf_counter()
         submitted, self._submitted = self._submitted[: len(requests)], self._submitted[len(requests) :]
         self.phases["parsed -> group starts in a db thread (queue, hop, GIL)"] += sum(
@@ -519,7 +519,7 @@ class _Probe:
                 self.profiles.append(profile)
             profile.enable()
         try:
-            return self._reserve_many(requests)
+            return self._reserve_many(requests, **options)
         finally:
             if profile is not None:
                 profile.disable()

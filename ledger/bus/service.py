@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -182,12 +183,12 @@ class LedgerService:
             outcomes: list[Grant | LedgerError] | None
             try:
                 outcomes = self.ledger.try_reserve_many(holds)
+                checked = False
                 if outcomes is None:
-                    outcomes = await self.ledger.try_reserve_many_async(holds)
+                    outcomes, checked = await self.ledger.try_reserve_many_async(holds)
                 if outcomes is None:
-                    outcomes = await loop.run_in_executor(
-                        self._admission_thread, self.ledger.reserve_many, holds
-                    )
+                    admit = functools.partial(self.ledger.reserve_many, holds, whole_group=not checked)
+                    outcomes = await loop.run_in_executor(self._admission_thread, admit)
             except LedgerError as exc:
                 outcomes = [exc] * len(group)
             except Exception:

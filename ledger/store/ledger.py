@@ -504,9 +504,8 @@ class Ledger:
     def _capacity_rows(self, conn: Connection | None, host: Any) -> dict[str, Row[Any]]:
         """The host's capacity rows by resource name, from the cache while its capacity_version holds;
         `conn` may be None when `capacities_cached(host)`."""
-        cached = self._capacity_cache.get(host.host_id)
-        if cached is not None and cached[0] == host.capacity_version:
-            return cached[1]
+        if self.capacities_cached(host):
+            return self._capacity_cache[host.host_id][1]
         if conn is None:
             raise RuntimeError("capacities are not cached and there is no connection to load them")
         rows = {r.resource: r for r in conn.execute(self._select_capacities, {"host_id": host.host_id})}
@@ -532,7 +531,7 @@ class Ledger:
 
     def capacities_cached(self, host: Any) -> bool:
         """Whether the host's capacities, at the version its row names, are cached in this process."""
-        cached = self._capacity_cache.get(host.host_id)
+        cached = self.cached_capacities(host.host_id)
         return cached is not None and cached[0] == host.capacity_version
 
     @staticmethod
@@ -727,18 +726,20 @@ class Ledger:
             refusal.details["hint"] = hint
             refusal.args = (refusal.message,)
 
-    def reserve_many(self, holds: Sequence[Hold]) -> list[Grant | LedgerError]:
+    def reserve_many(self, holds: Sequence[Hold], *, whole_group: bool = True) -> list[Grant | LedgerError]:
         """Admit many requests in arrival order in ONE transaction (group commit): each is checked against
         the totals its predecessors left, exactly as if reserved one by one. A refusal writes nothing, so it
-        is returned in its place without spoiling the others. (On PostgreSQL a group that fits whole is
-        granted by one autocommit statement first; when it does not fit, that statement writes nothing.)"""
-        if holds and not self._sqlite and not self.in_batch:
+        is returned in its place without spoiling the others. A group that fits whole is granted by the
+        whole-group update first (on PostgreSQL one autocommit statement, which writes nothing when it does
+        not fit); `whole_group=False` skips that check when the caller has just made it."""
+        whole_group = whole_group and bool(holds)
+        if whole_group and not self._sqlite and not self.in_batch:
             granted = self._whole_group.try_admit(holds)  # one round trip, in autocommit
             if granted is not None:
                 return list(granted)
         with self.batch():
             conn = self._batch.conn
-            if holds and self._sqlite:
+            if whole_group and self._sqlite:
                 outcomes = self._whole_group_in(conn.connection.dbapi_connection, holds)
                 if outcomes is not None:
                     return outcomes
@@ -781,14 +782,18 @@ class Ledger:
         finally:
             self._write_lock.release()
 
-    async def try_reserve_many_async(self, holds: Sequence[Hold]) -> list[Grant | LedgerError] | None:
+    async def try_reserve_many_async(
+        self, holds: Sequence[Hold]
+    ) -> tuple[list[Grant | LedgerError] | None, bool]:
         """PostgreSQL, for an event loop: a lone request that fits, granted by the whole-group statement on
         an async connection (one round trip, no thread hops, the loop never blocked); None otherwise, and
-        always on SQLite (`try_reserve_many` is its loop path)."""
+        always on SQLite (`try_reserve_many` is its loop path). Also says whether the whole-group check
+        was made here: then `reserve_many(..., whole_group=False)` does not repeat it (a refusal on a full
+        host would otherwise pay its round trip twice)."""
         if self._sqlite or len(holds) != 1:
-            return None
+            return None, False
         granted = await self._whole_group.try_admit_async(holds)
-        return None if granted is None else list(granted)
+        return (None if granted is None else list(granted)), True
 
     async def aclose(self) -> None:
         """Close what lives on the caller's event loop (the async connection above); `close` does the rest."""

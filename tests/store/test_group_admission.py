@@ -405,18 +405,29 @@ async def test_the_event_loop_path_on_postgresql(pg_url: str) -> None:
     lone = [(host, AllocationRequest(vcpus=1), None, None)]
     try:
         ledger.register_host(host, capacities(cpu=2, memory=GIB), {})
-        assert await ledger.try_reserve_many_async(lone) is None  # capacities not cached yet
+        assert await ledger.try_reserve_many_async(lone) == (None, True)  # capacities not cached yet
         ledger.reserve_many(lone)
-        granted = await ledger.try_reserve_many_async(lone)
-        assert granted is not None and isinstance(granted[0], Grant)
-        assert await ledger.try_reserve_many_async(lone * 2) is None  # a group: the admission thread's
-        assert await ledger.try_reserve_many_async([(host, AllocationRequest(vcpus=50), None, None)]) is None
+        granted, checked = await ledger.try_reserve_many_async(lone)
+        assert checked and granted is not None and isinstance(granted[0], Grant)
+        assert await ledger.try_reserve_many_async(lone * 2) == (None, False)  # a group: the thread's
+        assert await ledger.try_reserve_many_async([(host, AllocationRequest(vcpus=50), None, None)]) == (
+            None,
+            True,
+        )
+        too_big = [(host, AllocationRequest(vcpus=50), None, None)]
+
+        def not_again(_: Any) -> None:
+            raise AssertionError("the whole-group check was made twice")
+
+        ledger._whole_group.try_admit = not_again  # type: ignore[assignment,method-assign]
+        refused = ledger.reserve_many(too_big, whole_group=False)  # as the service does after the loop
+        assert type(refused[0]).__name__ == "InsufficientResources"
         pid = ledger._whole_group._async_connection.info.backend_pid
         with ledger.engine.connect() as admin:
             admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
         with pytest.raises(Unavailable):
             await ledger.try_reserve_many_async(lone)
-        assert await ledger.try_reserve_many_async(lone) is not None
+        assert (await ledger.try_reserve_many_async(lone))[0] is not None
         assert ledger._whole_group.granted_groups == 2
         assert ledger.status(host, ResourceType.CPU).pending == 3
         assert ledger.drift() == []
@@ -429,6 +440,6 @@ def test_try_reserve_many_async_is_not_for_sqlite(sqlite_url: str) -> None:
     ledger = Ledger.open(sqlite_url, migrate=False)
     lone = [("any", AllocationRequest(vcpus=1), None, None)]
     try:
-        assert asyncio.run(ledger.try_reserve_many_async(lone)) is None
+        assert asyncio.run(ledger.try_reserve_many_async(lone)) == (None, False)
     finally:
         ledger.close()
