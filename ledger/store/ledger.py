@@ -347,7 +347,14 @@ class Ledger:
             conn.execute(self._insert_log, self._log_row(host_id, kind, entity_id, action, cause, delta))
 
     def _log_row(
-        self, host_id: str, kind: str, entity_id: str, action: str, cause: str, delta: Totals
+        self,
+        host_id: str,
+        kind: str,
+        entity_id: str,
+        action: str,
+        cause: str,
+        delta: Totals,
+        at: datetime | None = None,
     ) -> dict[str, Any]:
         """The allocation_log row for a change of `delta` to a host's totals."""
         bucket = "pending" if any(k.startswith("pend_") for k in delta) else "allocated"
@@ -356,7 +363,7 @@ class Ledger:
         )
         return {
             "host_id": host_id,
-            "at": self.clock(),
+            "at": self.clock() if at is None else at,
             "entity_kind": kind,
             "entity_id": entity_id,
             "action": action,
@@ -693,10 +700,15 @@ class Ledger:
         return refusal
 
     def _hold_row(
-        self, host_id: str, request: AllocationRequest, idempotency_key: str | None, ttl: float
+        self,
+        host_id: str,
+        request: AllocationRequest,
+        idempotency_key: str | None,
+        ttl: float,
+        now: datetime | None = None,
     ) -> dict[str, Any]:
-        """A new held reservation's row."""
-        now = self.clock()
+        """A new held reservation's row (created `now`, the clock's time unless given)."""
+        now = self.clock() if now is None else now
         return {
             "reservation_id": uuid.uuid4().hex,
             "host_id": host_id,

@@ -52,7 +52,7 @@ RECONNECT_PAUSE_S = 5.0
 
 # iterating an Enum class is slow for the hot path: once, in the order the update's SET lists the columns
 _RESOURCES = tuple(ResourceType)
-_PENDING = tuple(PEND_COLUMN.items())  # (resource, the host column its holds pend in)
+_PEND = tuple(PEND_COLUMN[r] for r in _RESOURCES)  # the host column each resource's holds pend in
 
 Shape = tuple[int, int, int, tuple[ResourceType, ...]]  # keys, holds, log rows, resources asked for
 
@@ -245,8 +245,9 @@ class WholeGroupAdmission:
         if cached is None:
             return None
         version, capacity_rows = cached
+        now = ledger.clock()  # one transaction: every row of the group is written at the same time
         keys: set[str] = set()
-        totals = dict.fromkeys(_RESOURCES, 0)
+        totals = [0] * len(_RESOURCES)
         rows, logs, grants = [], [], []
         try:
             for hold_host, request, key, asked_ttl in holds:
@@ -255,33 +256,31 @@ class WholeGroupAdmission:
                 ttl = ledger._hold_ttl(asked_ttl, key)
                 if key is not None:
                     keys.add(key)
-                row = ledger._hold_row(host_id, request, key, ttl)
-                delta = {}
-                for resource, column in _PENDING:
-                    amount = request.demand(resource)
-                    if amount:
-                        totals[resource] += amount
-                        delta[column] = amount
+                row = ledger._hold_row(host_id, request, key, ttl, now)
                 rows.append(self._bind_hold(row))
-                if delta:
-                    rid = row["reservation_id"]
-                    log = ledger._log_row(host_id, "reservation", rid, "reserved", "api", delta)
+                rid = row["reservation_id"]
+                demands = request.demands()
+                if any(demands):
+                    totals = [total + amount for total, amount in zip(totals, demands, strict=True)]
+                    delta = {column: amount for column, amount in zip(_PEND, demands, strict=True) if amount}
+                    log = ledger._log_row(host_id, "reservation", rid, "reserved", "api", delta, now)
                     logs.append(self._bind_log(log))
-                grants.append(Grant(row["reservation_id"], host_id, row["status"], row["expires_at"], key))
+                grants.append(Grant(rid, host_id, row["status"], row["expires_at"], key))
         except LedgerError:
             return None  # a bad TTL or key: group admission words the refusal
-        if any(total > MAX_AMOUNT for total in totals.values()):
+        if max(totals) > MAX_AMOUNT:
             return None
-        wanted = tuple(r for r in _RESOURCES if totals[r])
         earliest = self._bind_time(min(g.expires_at for g in grants))
-        update: list[Any] = [*(totals[r] for r, _ in _PENDING), earliest, earliest]
-        update += [host_id, version, self._bind_time(ledger.clock())]
-        for resource in wanted:
-            capacity = capacity_rows.get(resource.value)
-            update += [capacity.effective_limit if capacity is not None else 0, totals[resource]]
+        update: list[Any] = [*totals, earliest, earliest, host_id, version, self._bind_time(now)]
+        wanted = []
+        for resource, total in zip(_RESOURCES, totals, strict=True):
+            if total:
+                wanted.append(resource)
+                capacity = capacity_rows.get(resource.value)
+                update += [capacity.effective_limit if capacity is not None else 0, total]
         if keys:
             update += [host_id, *sorted(keys)]
-        return _Plan((len(keys), len(rows), len(logs), wanted), update, rows, logs, grants)
+        return _Plan((len(keys), len(rows), len(logs), tuple(wanted)), update, rows, logs, grants)
 
     def _statement(self, shape: Shape) -> str:
         statement = self._statements.get(shape)
@@ -295,7 +294,7 @@ class WholeGroupAdmission:
         """The statement for one shape of group; parameters in the order `_plan` lists them."""
         keys, holds, logs, wanted = shape
         mark = self._mark
-        move = ", ".join(f"{c} = {c} + {mark}" for _, c in _PENDING)
+        move = ", ".join(f"{c} = {c} + {mark}" for c in _PEND)
         fits = "".join(
             f" AND {mark} - {' - '.join((*ALLOC_COLUMNS[r], PEND_COLUMN[r]))} >= {mark}" for r in wanted
         )

@@ -369,3 +369,21 @@ def test_image_storage_at_or_over_the_cap_is_refused() -> None:
             check_image_storage(current, 200 * GIB)
         assert caught.value.details["allocated"] == current
         assert caught.value.details["effective_limit"] == 200 * GIB
+
+
+amounts = st.integers(min_value=0, max_value=MAX_AMOUNT)
+
+
+@given(st.integers(min_value=0, max_value=MAX_VCPUS), amounts, amounts, amounts, amounts, amounts)
+def test_demands_lists_each_resources_demand_in_resource_order(
+    vcpus: int, memory: int, disk: int, down: int, up: int, disk_io: int
+) -> None:
+    request = AllocationRequest(
+        vcpus=vcpus,
+        memory_bytes=memory,
+        disk_bytes=disk,
+        network_download_bps=down,
+        network_upload_bps=up,
+        disk_io_bps=disk_io,
+    )
+    assert request.demands() == tuple(request.demand(r) for r in ResourceType)
