@@ -75,6 +75,24 @@ def _count(value: Raw) -> int:
     return number
 
 
+EMBEDDED_BUSY_POLL_US = 500  # the default with the embedded NATS server; 0 when joining one
+MAX_BUSY_POLL_US = 10_000
+
+
+def _busy_poll_us(value: Raw) -> int:
+    wrong = f"must be a whole number from 0 to {MAX_BUSY_POLL_US}"
+    if isinstance(value, bool):
+        raise ValueError(wrong)
+    try:
+        number = int(value)
+        whole = number == float(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a TOML inf
+        raise ValueError(wrong) from None
+    if not whole or not 0 <= number <= MAX_BUSY_POLL_US:
+        raise ValueError(wrong)
+    return number
+
+
 def _port(value: Raw) -> int:
     number = _count(value)
     if number > 65535:
@@ -262,6 +280,15 @@ SETTINGS: tuple[Setting, ...] = (
         "how long an unconsumed reservation holds its resources",
         60.0,
     ),
+    Setting(
+        "busy_poll_us",
+        ("LEDGER_BUSY_POLL_US",),
+        _busy_poll_us,
+        f"a whole number of microseconds from 0 (off) to {MAX_BUSY_POLL_US}",
+        "after answering a lone request, `ledger serve` polls for the next one this long before it "
+        f"sleeps (default: {EMBEDDED_BUSY_POLL_US} with the embedded NATS server, whose callers are all on "
+        "this machine; 0 when joining a NATS server)",
+    ),
     Setting("log_format", ("LEDGER_LOG_FORMAT",), _log_format, "text or json", "log line format", "text"),
     Setting("nats_user", ("LEDGER_NATS_USER",), _text, "a user name", "NATS user"),
     Setting("nats_password", ("LEDGER_NATS_PASSWORD",), _text, "a password", "NATS password", secret=True),
@@ -308,6 +335,7 @@ class Settings:
     disk_io_burst_multiplier: float = 4.0
     default_bandwidth_uses_ratio: bool = False
     reservation_ttl: float = 60.0
+    busy_poll_us: int | None = None  # None: EMBEDDED_BUSY_POLL_US with the embedded NATS server, else 0
     log_format: str = "text"
     nats_user: str | None = None
     nats_password: str | None = field(default=None, repr=False)  # secret: kept out of logs

@@ -18,7 +18,7 @@ from ledger.bus.connect import connect
 from ledger.bus.consumer import EventConsumer
 from ledger.bus.embedded import EmbeddedNats
 from ledger.bus.service import LedgerService
-from ledger.config import Settings
+from ledger.config import EMBEDDED_BUSY_POLL_US, Settings
 from ledger.local import open_ledger, refresh_host
 
 log = logging.getLogger("ledger.serve")
@@ -60,6 +60,9 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
         await asyncio.to_thread(refresh_host, ledger, settings, root)
         nc = await connect(url, settings, name=f"ledger-serve-{settings.host_id}")
         consumer = EventConsumer(nc, ledger)
+        busy_poll_us = settings.busy_poll_us
+        if busy_poll_us is None:
+            busy_poll_us = EMBEDDED_BUSY_POLL_US if embedded is not None else 0
         await consumer.start()
         service = LedgerService(
             nc,
@@ -68,6 +71,7 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
             max_image_storage=settings.max_image_storage,
             default_bandwidth_uses_ratio=settings.default_bandwidth_uses_ratio,
             disk_io_burst_multiplier=settings.disk_io_burst_multiplier,
+            busy_poll_s=busy_poll_us / 1e6,
         )
         await service.start()
         # Start-up objects (SQLAlchemy metadata, compiled statements, modules) live as long as the process:
@@ -84,6 +88,7 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
                 "database": _safe_url(settings.database_url),
                 "nats": url,
                 "nats_embedded": embedded is not None,
+                "busy_poll_us": busy_poll_us,
                 "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             },
         )

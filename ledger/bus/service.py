@@ -24,6 +24,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from ledger import __version__
+from ledger.bus.busy_poll import BusyPoll
 from ledger.bus.protocol import (
     ENDPOINTS,
     HEADER_CODES,
@@ -63,6 +64,7 @@ class LedgerService:
         max_inflight: int = 256,
         threads: int = 4,
         max_group: int = 64,
+        busy_poll_s: float = 0.0,
     ) -> None:
         self.nc = nc
         self.ledger = ledger
@@ -85,6 +87,7 @@ class LedgerService:
         self._idle = asyncio.Event()  # nothing waiting and no group being admitted
         self._idle.set()
         self._admitter: asyncio.Task[None] | None = None
+        self._busy_poll = BusyPoll(busy_poll_s, self._nothing_in_flight)
         # validate is queued for group admission instead (see _accept_validate and _admit_groups)
         self._handlers: dict[str, Handler] = {
             "release": self._release,
@@ -202,14 +205,23 @@ class LedgerService:
                         await request.respond(ok(outcome.to_dict()))
             if not self._backlog:
                 self._idle.set()
+                if len(group) == 1:
+                    self._busy_poll.after_reply()
+
+    def _nothing_in_flight(self) -> bool:
+        return self._idle.is_set() and not self._inflight
 
     def _accept(self, endpoint: str) -> Callable[[Request], Any]:
         async def accept(request: Request) -> None:
             task = asyncio.create_task(self._answer(endpoint, request))
             self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(self._answered)
 
         return accept
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._busy_poll.after_reply()
 
     async def _answer(self, endpoint: str, request: Request) -> None:
         await self._slots.acquire()  # at most max_inflight in the database path; the rest wait here

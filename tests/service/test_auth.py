@@ -77,3 +77,4 @@ async def test_serve_with_credentials_and_a_client_without(
 
     assert await asyncio.to_thread(serve.stop) == 0
     assert 'p"' not in serve.log() and "s3cret-token" not in serve.log()  # secrets stay out of the log
+    assert "busy_poll_us=0" in serve.log()  # joining a NATS server: callers may be far away, no polling

@@ -14,6 +14,7 @@ import pytest
 from nats.errors import NoServersError
 
 from ledger.client import LedgerClient
+from ledger.config import EMBEDDED_BUSY_POLL_US
 from ledger.core.errors import Conflict, InsufficientResources, NotFound
 from ledger.core.resources import ResourceType
 from ledger.events.contract import make_event
@@ -244,6 +245,7 @@ async def test_every_endpoint_events_and_core_agree(  # noqa: PLR0915 - one stor
     assert len(start) == 1
     assert start[0]["host"] == host
     assert start[0]["nats"] == serve.nats_url and start[0]["nats_embedded"] is True
+    assert start[0]["busy_poll_us"] == EMBEDDED_BUSY_POLL_US  # every caller is on this machine
     assert start[0]["database"] == f"sqlite:///{data_dir / 'ledger.db'}"
     assert lines[-1]["message"] == "stopped cleanly" and lines[-1]["events_handled"] == 3
     assert "Traceback" not in serve.log()

@@ -57,6 +57,7 @@ def test_default_image_burst_and_reservation_settings(tmp_path: Path) -> None:
     assert settings.disk_io_burst_multiplier == 4.0
     assert settings.reservation_ttl == 60.0
     assert settings.log_format == "text"
+    assert settings.busy_poll_us is None  # `ledger serve` picks: polls with the embedded NATS only
 
 
 def test_default_bandwidth_does_not_use_the_ratio_by_default(tmp_path: Path) -> None:
@@ -217,6 +218,8 @@ def test_real_environment_is_used_when_environ_is_not_given(monkeypatch: pytest.
         ("DISK_IO_BURST_MULTIPLIER", "1", "disk_io_burst_multiplier", 1.0),
         ("LEDGER_DEFAULT_BANDWIDTH_USES_RATIO", "true", "default_bandwidth_uses_ratio", True),
         ("LEDGER_RESERVATION_TTL", "30", "reservation_ttl", 30.0),
+        ("LEDGER_BUSY_POLL_US", "0", "busy_poll_us", 0),
+        ("LEDGER_BUSY_POLL_US", "10000", "busy_poll_us", 10_000),
         ("LEDGER_LOG_FORMAT", "JSON", "log_format", "json"),
         ("LEDGER_HOST_ID", " node-7 ", "host_id", "node-7"),
         ("LEDGER_NATS_URL", "nats://a:4222,nats://b:4222", "nats_url", "nats://a:4222,nats://b:4222"),
@@ -313,6 +316,10 @@ def assert_names_setting_source_and_forms(exc: ConfigError, key: str, source: st
         ("DISK_IO_LIMIT", "1G", "disk_io_limit"),
         ("LEDGER_DEFAULT_BANDWIDTH_USES_RATIO", "maybe", "default_bandwidth_uses_ratio"),
         ("LEDGER_RESERVATION_TTL", "-3", "reservation_ttl"),
+        ("LEDGER_BUSY_POLL_US", "-1", "busy_poll_us"),
+        ("LEDGER_BUSY_POLL_US", "10001", "busy_poll_us"),
+        ("LEDGER_BUSY_POLL_US", "2.5", "busy_poll_us"),
+        ("LEDGER_BUSY_POLL_US", "fast", "busy_poll_us"),
         ("LEDGER_LOG_FORMAT", "xml", "log_format"),
     ],
 )
@@ -373,6 +380,8 @@ def test_bad_bandwidth_message_lists_the_forms_once(tmp_path: Path) -> None:
         ("data_dir = 7", "data_dir"),
         ("default_bandwidth_uses_ratio = 2", "default_bandwidth_uses_ratio"),
         ("reservation_ttl = 0", "reservation_ttl"),
+        ("busy_poll_us = true", "busy_poll_us"),
+        ("busy_poll_us = inf", "busy_poll_us"),
     ],
 )
 def test_bad_config_file_value_names_setting_file_and_accepted_forms(
