@@ -21,6 +21,11 @@ floor round trip = echo p50 + tx p50; ratio = ledger / floor throughput, where t
 (`overlapped_floor_per_s` / `ledger_over_overlapped_floor` in the results give min(echo/s, tx/s) at every
 concurrency too, the stricter bar that earlier runs of this bench used at concurrency 1 as well.)
 
+`ledger serve` runs with its defaults, so on SQLite (the embedded NATS server) it busy-polls for 500 us after
+each lone reply (LEDGER_BUSY_POLL_US, see docs/protocol.md) and on PostgreSQL (a NATS server it joins) it does
+not; the echo responder never polls. `--busy-poll-us N` sets it for both engines (0 turns it off) to measure
+what it is worth; the results record what serve used, and the CPU columns show what it costs.
+
 Targets (issue): SQLite ≥ 1,000 reservations/s at concurrency 8, ≥ 50 % of the floor at every concurrency and
 p99 ≤ 20 ms at concurrency 32; PostgreSQL ≥ 50 % of its floor at every concurrency.
 
@@ -40,6 +45,7 @@ import io
 import json
 import os
 import pstats
+import re
 import signal
 import subprocess
 import sys
@@ -154,7 +160,9 @@ def row_for(kind: str, concurrency: int, elapsed: float, latencies: list[float])
 # ---- ledger serve as a subprocess ------------------------------------------------------------------------
 
 
-def serve_env(data_dir: Path, database_url: str | None, nats_url: str | None) -> dict[str, str]:
+def serve_env(
+    data_dir: Path, database_url: str | None, nats_url: str | None, busy_poll_us: int | None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env.update(
         LEDGER_DATA_DIR=str(data_dir),
@@ -171,15 +179,23 @@ def serve_env(data_dir: Path, database_url: str | None, nats_url: str | None) ->
         env["LEDGER_DATABASE_URL"] = database_url
     if nats_url:
         env["LEDGER_NATS_URL"] = nats_url
+    if busy_poll_us is not None:
+        env["LEDGER_BUSY_POLL_US"] = str(busy_poll_us)
     return env
 
 
 class Serve:
     """`python -m ledger serve`, started and waited for (serve.json), stopped with SIGTERM."""
 
-    def __init__(self, data_dir: Path, database_url: str | None = None, nats_url: str | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str | None = None,
+        nats_url: str | None = None,
+        busy_poll_us: int | None = None,
+    ):
         self.data_dir = data_dir
-        self.env = serve_env(data_dir, database_url, nats_url)
+        self.env = serve_env(data_dir, database_url, nats_url, busy_poll_us)
         self.log = data_dir.parent / f"{data_dir.name}-serve.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -209,6 +225,12 @@ class Serve:
 
     def _tail(self) -> str:
         return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+
+    def busy_poll_us(self) -> int | None:
+        """The busy-poll window serve chose (its start-up log line says), None if not found."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        found = re.search(r"busy_poll_us=(\d+)", text)
+        return int(found.group(1)) if found else None
 
     def nats_server_pid(self) -> int | None:
         assert self.process is not None
@@ -391,21 +413,26 @@ def combine(
     return table
 
 
-def bench_engine(engine: str, tmp: Path, duration: float, warmup: int) -> dict[str, Any]:
+def bench_engine(
+    engine: str, tmp: Path, duration: float, warmup: int, busy_poll_us: int | None
+) -> dict[str, Any]:
     print(f"{engine}: ledger serve + echo over NATS, {duration:.0f} s per point", flush=True)
+    busy_poll: int | None = None
     with contextlib.ExitStack() as database:
         db_url = None if engine == "sqlite" else database.enter_context(PgDatabase())
         with contextlib.ExitStack() as stack:
             if db_url is None:
-                serve = stack.enter_context(Serve(tmp / "sqlite"))
+                serve = stack.enter_context(Serve(tmp / "sqlite", busy_poll_us=busy_poll_us))
                 nats_pid = serve.nats_server_pid()
             else:
                 server = stack.enter_context(EmbeddedNats(tmp / "pg-nats"))
-                serve = stack.enter_context(Serve(tmp / "pg", db_url, server.url))
+                serve = stack.enter_context(Serve(tmp / "pg", db_url, server.url, busy_poll_us))
                 nats_pid = server.process.pid if server.process else None
             assert serve.process is not None
             pids = {"service": serve.process.pid, "nats": nats_pid}
             ledger_rows, echo_rows = asyncio.run(ledger_and_echo(serve.url, pids, duration, warmup))
+            busy_poll = serve.busy_poll_us()
+            print(f"  (ledger serve polled {busy_poll} us after each lone reply)", flush=True)
         # the service and its NATS are stopped: the transaction floor gets the CPUs to itself
         floor_url = db_url or f"sqlite:///{tmp}/sqlite/floor.db"  # same filesystem as ledger.db
         tx_rows = []
@@ -419,6 +446,7 @@ def bench_engine(engine: str, tmp: Path, duration: float, warmup: int) -> dict[s
             )
     return {
         "engine": engine,
+        "busy_poll_us": busy_poll,
         "ledger": ledger_rows,
         "echo": echo_rows,
         "tx": tx_rows,
@@ -602,6 +630,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 s per point instead of --duration")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured point")
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument(
+        "--busy-poll-us",
+        type=int,
+        metavar="US",
+        help="LEDGER_BUSY_POLL_US for ledger serve (default: unset, so serve picks its own)",
+    )
     parser.add_argument("--echo-responder", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--profile-driver", action="store_true", help="the in-process driver (see above)")
     parser.add_argument("--profile-requests", type=int, default=4000)
@@ -630,9 +664,9 @@ def main() -> None:
     engines = []
     with tempfile.TemporaryDirectory(prefix="ledger-rpc-") as tmp_name:
         tmp = Path(tmp_name)
-        engines.append(bench_engine("sqlite", tmp, duration, warmup))
+        engines.append(bench_engine("sqlite", tmp, duration, warmup, args.busy_poll_us))
         if not args.skip_postgres:
-            engines.append(bench_engine("postgresql", tmp, duration, warmup))
+            engines.append(bench_engine("postgresql", tmp, duration, warmup, args.busy_poll_us))
     table = [r for e in engines for r in e["table"]]
     print()
     print_table(table)
