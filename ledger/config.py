@@ -63,14 +63,23 @@ def _seconds(value: Raw) -> float:
     return number
 
 
-def _count(value: Raw) -> int:
+def _whole(value: Raw, wrong: str) -> int:
+    """`value` as an int when it is a whole number (16, "16", 16.0 from TOML), else ValueError(wrong)."""
     if isinstance(value, bool):
-        raise ValueError("must be a whole number")
+        raise ValueError(wrong)
     try:
         number = int(value)
+        whole = number == float(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: a TOML inf
-        raise ValueError("must be a whole number") from None
-    if number <= 0 or number != float(value):
+        raise ValueError(wrong) from None
+    if not whole:
+        raise ValueError(wrong)
+    return number
+
+
+def _count(value: Raw) -> int:
+    number = _whole(value, "must be a whole number")
+    if number <= 0:
         raise ValueError("must be a whole number greater than 0")
     return number
 
@@ -81,14 +90,8 @@ MAX_BUSY_POLL_US = 10_000
 
 def _busy_poll_us(value: Raw) -> int:
     wrong = f"must be a whole number from 0 to {MAX_BUSY_POLL_US}"
-    if isinstance(value, bool):
-        raise ValueError(wrong)
-    try:
-        number = int(value)
-        whole = number == float(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: a TOML inf
-        raise ValueError(wrong) from None
-    if not whole or not 0 <= number <= MAX_BUSY_POLL_US:
+    number = _whole(value, wrong)
+    if not 0 <= number <= MAX_BUSY_POLL_US:
         raise ValueError(wrong)
     return number
 

@@ -72,6 +72,7 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
             default_bandwidth_uses_ratio=settings.default_bandwidth_uses_ratio,
             disk_io_burst_multiplier=settings.disk_io_burst_multiplier,
             busy_poll_s=busy_poll_us / 1e6,
+            background_idle=lambda: not consumer.applying,
         )
         await service.start()
         # Start-up objects (SQLAlchemy metadata, compiled statements, modules) live as long as the process:

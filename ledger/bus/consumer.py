@@ -101,6 +101,7 @@ class EventConsumer:
         self.on_outcome = on_outcome
         self._sub: JetStreamContext.PullSubscription | None = None
         self.handled = 0
+        self.applying = False  # a batch is being applied on a thread
 
     async def start(self) -> None:
         """Ensure the stream and the consumer (rewound to the database's position if it is behind)."""
@@ -137,6 +138,13 @@ class EventConsumer:
                 await self.process(msgs)
 
     async def process(self, msgs: list[Msg]) -> list[Outcome]:
+        self.applying = True
+        try:
+            return await self._process(msgs)
+        finally:
+            self.applying = False
+
+    async def _process(self, msgs: list[Msg]) -> list[Outcome]:
         deliveries = [self._parse(msg) for msg in msgs]
         try:
             outcomes = await asyncio.to_thread(self._apply_batch, deliveries)

@@ -65,6 +65,7 @@ class LedgerService:
         threads: int = 4,
         max_group: int = 64,
         busy_poll_s: float = 0.0,
+        background_idle: Callable[[], bool] = lambda: True,
     ) -> None:
         self.nc = nc
         self.ledger = ledger
@@ -87,6 +88,7 @@ class LedgerService:
         self._idle = asyncio.Event()  # nothing waiting and no group being admitted
         self._idle.set()
         self._admitter: asyncio.Task[None] | None = None
+        self._background_idle = background_idle  # e.g. no event batch on a thread
         self._busy_poll = BusyPoll(busy_poll_s, self._nothing_in_flight)
         # validate is queued for group admission instead (see _accept_validate and _admit_groups)
         self._handlers: dict[str, Handler] = {
@@ -122,6 +124,7 @@ class LedgerService:
         The endpoints' subscriptions are drained first: a plain unsubscribe (what the micro API's stop does)
         would drop requests the client library has already received but not yet handed to us.
         """
+        self._busy_poll.stop()  # the replies still to come are the last: nothing follows them
         if self._service is not None:
             # nats-py's micro API has no drain of its own: drain each endpoint's subscription, then let
             # stop() remove only the $SRV discovery subscriptions
@@ -205,11 +208,11 @@ class LedgerService:
                         await request.respond(ok(outcome.to_dict()))
             if not self._backlog:
                 self._idle.set()
-                if len(group) == 1:
-                    self._busy_poll.after_reply()
+                if len(group) == 1:  # a lone caller is likely waiting to send its next request; with several
+                    self._busy_poll.after_reply()  # the loop stays busy, and polling would take their core
 
     def _nothing_in_flight(self) -> bool:
-        return self._idle.is_set() and not self._inflight
+        return self._idle.is_set() and not self._inflight and self._background_idle()
 
     def _accept(self, endpoint: str) -> Callable[[Request], Any]:
         async def accept(request: Request) -> None:

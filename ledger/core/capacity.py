@@ -128,24 +128,17 @@ class AllocationRequest:
         return self.needs_gpu or bool(self.gpu_profile)
 
     def demands(self) -> tuple[int, int, int, int, int]:
-        """`demand` of every resource at once, in ResourceType's order (for hot paths)."""
+        """What the request takes of each resource, in ResourceType's order; network is max(down, up)
+        since the link is shared."""
         network = max(self.network_download_bps, self.network_upload_bps)
         return self.vcpus, self.memory_bytes, self.disk_bytes, network, self.disk_io_bps
 
     def demand(self, resource: ResourceType) -> int:
-        """How much of `resource` this request takes; network is max(down, up) since the link is shared."""
-        match resource:
-            case ResourceType.CPU:
-                return self.vcpus
-            case ResourceType.MEMORY:
-                return self.memory_bytes
-            case ResourceType.DISK:
-                return self.disk_bytes
-            case ResourceType.NETWORK:
-                return max(self.network_download_bps, self.network_upload_bps)
-            case ResourceType.DISK_IO:
-                return self.disk_io_bps
+        """How much of `resource` this request takes."""
+        return self.demands()[_POSITION[resource]]
 
+
+_POSITION = {resource: position for position, resource in enumerate(ResourceType)}
 
 _NAMES = {
     ResourceType.CPU: "CPU",
