@@ -14,7 +14,6 @@ import json
 import math
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from ledger.store import deadletters
 from ledger.store.admission import GroupAdmission, Hold
 from ledger.store.deadletters import DeadLetterRecord
 from ledger.store.engine import is_sqlite, make_engine
+from ledger.store.ids import reservation_id
 from ledger.store.migrate import ensure_schema
 from ledger.store.models import (
     AllocationLog,
@@ -710,7 +710,7 @@ class Ledger:
         """A new held reservation's row (created `now`, the clock's time unless given)."""
         now = self.clock() if now is None else now
         return {
-            "reservation_id": uuid.uuid4().hex,
+            "reservation_id": reservation_id(),
             "host_id": host_id,
             "idempotency_key": idempotency_key,
             "status": HELD,
