@@ -17,6 +17,7 @@ runs in one opened on the bare DBAPI connection and answers None where the fallb
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -291,9 +292,12 @@ def binders(
         for position, name in enumerate(columns)
         if (process := binder(table.c[name], dialect)) is not _same
     ]
+    if len(columns) < 2:  # itemgetter of one key returns the value, not a tuple
+        raise ValueError("binders() is for rows of several columns")
+    values_of = operator.itemgetter(*columns)  # one C call for the whole row
 
     def bind(row: dict[str, Any]) -> tuple[Any, ...]:
-        values = [row[name] for name in columns]
+        values = list(values_of(row))
         for position, process in converted:
             values[position] = process(values[position])
         return tuple(values)
