@@ -30,6 +30,7 @@ from ledger.bus.protocol import (
     HEADER_CODES,
     PREFIX,
     ValidateRequest,
+    grant_reply,
     ok,
     parse_request,
     refusal,
@@ -205,7 +206,7 @@ class LedgerService:
                     await self._refuse(request, outcome)
                 else:
                     with contextlib.suppress(Exception):  # the requester may have gone; nothing to undo
-                        await request.respond(ok(outcome.to_dict()))
+                        await request.respond(grant_reply(outcome))
             if not self._backlog:
                 self._idle.set()
                 if len(group) == 1:  # a lone caller is likely waiting to send its next request; with several
