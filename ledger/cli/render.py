@@ -38,6 +38,10 @@ def render_status(status: dict[str, Any]) -> str:
             f"{amount(r['allocated']):>12} {amount(r['pending']):>12} {amount(r['available']):>12} "
             f"{amount(r['effective_limit']):>12}  {r['oversub_ratio']:>4.1f}x  {r['source']}"
         )
+    for resource in ResourceType:
+        hint = status[resource.value].get("hint")
+        if hint:
+            lines.append(f"{resource.value}: not detected; {hint}")
     disk = status.get("disk_breakdown")
     if disk:
         lines.append("")

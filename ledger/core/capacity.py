@@ -44,6 +44,7 @@ class ResourceStatus:
     available: int
     oversub_ratio: float
     source: Source
+    hint: str | None = None  # for `undetected`: the setting that fixes it (from discovery)
 
     @classmethod
     def compute(
@@ -73,6 +74,8 @@ class ResourceStatus:
         data = asdict(self)
         data["type"] = self.type.value
         data["source"] = self.source.value
+        if self.hint is None:
+            del data["hint"]  # only an undetected capacity has one
         return data
 
 

@@ -505,6 +505,7 @@ class Ledger:
                     available=rules.available(cap.effective_limit, allocated, pending),
                     oversub_ratio=cap.oversub_ratio,
                     source=Source(cap.source),
+                    hint=cap.hint if cap.source == Source.UNDETECTED.value else None,
                 )
         return result
 

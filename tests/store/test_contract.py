@@ -929,3 +929,17 @@ def test_a_refusal_on_an_undetected_capacity_names_the_setting_that_fixes_it(
     assert refused.value.details["resource"] == "network"
     assert refused.value.details["hint"] == hint
     assert refused.value.message.endswith(f"this host's capacity was not detected: {hint}")
+
+
+def test_status_carries_the_hint_of_an_undetected_capacity_and_only_that(
+    ledger: Ledger, host_id: str
+) -> None:
+    found = capacities()
+    hint = "eth0 reports no link speed; set NETWORK_LIMIT, e.g. NETWORK_LIMIT=10Gbps"
+    found[NETWORK] = Capacity(0, Source.UNDETECTED, hint)
+    ledger.register_host(host_id, found, {})
+
+    status = ledger.full_status(host_id).to_dict()
+    assert status["network"]["source"] == "undetected" and status["network"]["hint"] == hint
+    assert all("hint" not in status[r.value] for r in ResourceType if r is not NETWORK)
+    assert ledger.status(host_id, NETWORK).hint == hint
