@@ -915,13 +915,21 @@ def test_every_error_carries_a_stable_code() -> None:
     assert issubclass(InsufficientResources, LedgerError)
 
 
+NETWORK_HINT = "eth0 reports no link speed; set NETWORK_LIMIT, e.g. NETWORK_LIMIT=10Gbps"
+
+
+def _register_with_undetected_network(ledger: Ledger, host_id: str) -> str:
+    """The host with every capacity known but the network's, which discovery explains; returns the hint."""
+    found = capacities()
+    found[NETWORK] = Capacity(0, Source.UNDETECTED, NETWORK_HINT)
+    ledger.register_host(host_id, found, {})
+    return NETWORK_HINT
+
+
 def test_a_refusal_on_an_undetected_capacity_names_the_setting_that_fixes_it(
     ledger: Ledger, host_id: str
 ) -> None:
-    found = capacities()
-    hint = "eth0 reports no link speed; set NETWORK_LIMIT, e.g. NETWORK_LIMIT=10Gbps"
-    found[NETWORK] = Capacity(0, Source.UNDETECTED, hint)
-    ledger.register_host(host_id, found, {})
+    hint = _register_with_undetected_network(ledger, host_id)
 
     with pytest.raises(InsufficientResources) as refused:
         ledger.reserve(host_id, AllocationRequest(vcpus=1, network_download_bps=1000))
@@ -934,10 +942,7 @@ def test_a_refusal_on_an_undetected_capacity_names_the_setting_that_fixes_it(
 def test_status_carries_the_hint_of_an_undetected_capacity_and_only_that(
     ledger: Ledger, host_id: str
 ) -> None:
-    found = capacities()
-    hint = "eth0 reports no link speed; set NETWORK_LIMIT, e.g. NETWORK_LIMIT=10Gbps"
-    found[NETWORK] = Capacity(0, Source.UNDETECTED, hint)
-    ledger.register_host(host_id, found, {})
+    hint = _register_with_undetected_network(ledger, host_id)
 
     status = ledger.full_status(host_id).to_dict()
     assert status["network"]["source"] == "undetected" and status["network"]["hint"] == hint
