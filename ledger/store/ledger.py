@@ -512,8 +512,9 @@ class Ledger:
     def _capacity_rows(self, conn: Connection | None, host: Any) -> dict[str, Row[Any]]:
         """The host's capacity rows by resource name, from the cache while its capacity_version holds;
         `conn` may be None when `capacities_cached(host)`."""
-        if self.capacities_cached(host):
-            return self._capacity_cache[host.host_id][1]
+        cached = self.cached_capacities(host.host_id)
+        if cached is not None and cached[0] == host.capacity_version:
+            return cached[1]
         if conn is None:
             raise RuntimeError("capacities are not cached and there is no connection to load them")
         rows = {r.resource: r for r in conn.execute(self._select_capacities, {"host_id": host.host_id})}
