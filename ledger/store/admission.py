@@ -251,7 +251,7 @@ def binder(column: Column[Any], dialect: Any) -> Callable[[Any], Any]:
     """How `column`'s type turns a value into a driver parameter (a faster twin where one is proven)."""
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
     if process is None:
-        return _same
+        return same
     if isinstance(column.type, UTCDateTime) and all(
         process(probe) == _utc_text(probe) for probe in _TIME_PROBES
     ):
@@ -280,7 +280,7 @@ def _utc_text(value: datetime | None) -> str | None:
 
 def _reader(column: Column[Any], dialect: Any) -> Callable[[Any], Any]:
     process = column.type.dialect_impl(dialect).result_processor(dialect, None)
-    return process if process is not None else _same
+    return process if process is not None else same
 
 
 def binders(
@@ -290,7 +290,7 @@ def binders(
     converted = [
         (position, process)
         for position, name in enumerate(columns)
-        if (process := binder(table.c[name], dialect)) is not _same
+        if (process := binder(table.c[name], dialect)) is not same
     ]
     if len(columns) < 2:  # itemgetter of one key returns the value, not a tuple
         raise ValueError("binders() is for rows of several columns")
@@ -305,5 +305,6 @@ def binders(
     return bind
 
 
-def _same(value: Any) -> Any:
+def same(value: Any) -> Any:
+    """The binder of a type that passes values to the driver as they are."""
     return value

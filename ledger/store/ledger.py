@@ -50,6 +50,10 @@ from ledger.store.models import (
     utcnow,
 )
 from ledger.store.results import (
+    CONSUMED,
+    EXPIRED,
+    HELD,
+    RELEASED,
     AllocationBreakdown,
     ApplyResult,
     DiskBreakdown,
@@ -73,7 +77,6 @@ reservations = cast(Table, Reservation.__table__)
 allocation_log = cast(Table, AllocationLog.__table__)
 processed_events = cast(Table, ProcessedEvent.__table__)
 
-HELD, CONSUMED, RELEASED, EXPIRED = "held", "consumed", "released", "expired"
 MAX_TTL_SECONDS = 24 * 3600
 UNREGISTERED_HINT = "host is not registered: run `ledger host refresh` on it, or publish host.capacity"
 

@@ -9,6 +9,9 @@ from typing import Any
 from ledger.core.capacity import ResourceStatus
 from ledger.core.resources import ResourceType
 
+# a reservation's status
+HELD, CONSUMED, RELEASED, EXPIRED = "held", "consumed", "released", "expired"
+
 
 @dataclass(frozen=True, slots=True)
 class Grant:

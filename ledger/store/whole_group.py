@@ -29,15 +29,19 @@ import re
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Table
 
+from ledger.core.capacity import AllocationRequest
 from ledger.core.errors import LedgerError, Unavailable
 from ledger.core.resources import ResourceType
 from ledger.core.units import MAX_AMOUNT
-from ledger.store.admission import Hold, binder, binders
-from ledger.store.results import Grant
+from ledger.store.admission import Hold, binder, same
+from ledger.store.ids import reservation_id
+from ledger.store.models import UTCDateTime
+from ledger.store.results import HELD, Grant
 from ledger.store.totals import ALLOC_COLUMNS, PEND_COLUMN
 
 if TYPE_CHECKING:
@@ -56,6 +60,88 @@ _PEND = tuple(PEND_COLUMN[r] for r in _RESOURCES)  # the host column each resour
 
 Shape = tuple[int, int, int, tuple[ResourceType, ...]]  # keys, holds, log rows, resources asked for
 
+# The rows this path inserts, in the order `hold_values` and `log_values` give their values. They are
+# built as tuples directly (not as `Ledger._hold_row` / `_log_row` dicts through their binders): that was
+# half of a group's admission. A test holds both ways equal; `_check_direct_rows` that these name the
+# tables' columns.
+HOLD_COLUMNS = (
+    "reservation_id",
+    "host_id",
+    "idempotency_key",
+    "status",
+    "vcpus",
+    "memory_bytes",
+    "disk_bytes",
+    "network_download_bps",
+    "network_upload_bps",
+    "disk_io_bps",
+    "gpu",
+    "gpu_profile",
+    "created_at",
+    "expires_at",
+    "ended_at",
+    "instance_id",
+)
+LOG_COLUMNS = (
+    "host_id",
+    "at",
+    "entity_kind",
+    "entity_id",
+    "action",
+    "bucket",
+    "cause",
+    "cpu",
+    "memory_bytes",
+    "disk_bytes",
+    "network_bps",
+    "disk_io_bps",
+    "gpu",
+)
+
+
+def hold_values(
+    rid: str, host_id: str, key: str | None, request: AllocationRequest, created: Any, expires: Any
+) -> tuple[Any, ...]:
+    """A new hold for a request that wants no GPU, as HOLD_COLUMNS list it; times already bound."""
+    return (
+        rid,
+        host_id,
+        key,
+        HELD,
+        request.vcpus,
+        request.memory_bytes,
+        request.disk_bytes,
+        request.network_download_bps,
+        request.network_upload_bps,
+        request.disk_io_bps,
+        0,
+        request.gpu_profile,
+        created,
+        expires,
+        None,
+        None,
+    )
+
+
+def log_values(host_id: str, at: Any, rid: str, demands: tuple[int, int, int, int, int]) -> tuple[Any, ...]:
+    """The log row of that hold (`demands` in ResourceType's order), as LOG_COLUMNS list it."""
+    cpu, memory, disk, network, disk_io = demands
+    return (
+        host_id,
+        at,
+        "reservation",
+        rid,
+        "reserved",
+        "pending",
+        "api",
+        cpu,
+        memory,
+        disk,
+        network,
+        disk_io,
+        0,
+    )
+
 
 class _Plan(NamedTuple):
     shape: Shape
@@ -73,17 +159,15 @@ class WholeGroupAdmission:
         dialect = ledger.engine.dialect
         self._sqlite = dialect.name == "sqlite"
         self._mark = "?" if self._sqlite else "%s"
-        self._hold_columns = tuple(c.name for c in reservations.c)
-        self._log_columns = tuple(c.name for c in allocation_log.c if c.name != "id")
-        self._bind_hold = binders(reservations, self._hold_columns, dialect)
-        self._bind_log = binders(allocation_log, self._log_columns, dialect)
-        self._bind_time = binder(hosts.c.next_expiry, dialect)
+        _check_direct_rows(reservations, HOLD_COLUMNS, dialect)
+        _check_direct_rows(allocation_log, LOG_COLUMNS, dialect)
+        self._bind_time = binder(hosts.c.next_expiry, dialect)  # every time column binds alike (checked)
         if self._sqlite:
-            self._insert_hold = _insert_values("reservations", self._hold_columns)
-            self._insert_log = _insert_values("allocation_log", self._log_columns)
+            self._insert_hold = _insert_values("reservations", HOLD_COLUMNS)
+            self._insert_log = _insert_values("allocation_log", LOG_COLUMNS)
         else:
-            self._typed_hold = _typed_row(reservations, self._hold_columns, dialect)
-            self._typed_log = _typed_row(allocation_log, self._log_columns, dialect)
+            self._typed_hold = _typed_row(reservations, HOLD_COLUMNS, dialect)
+            self._typed_log = _typed_row(allocation_log, LOG_COLUMNS, dialect)
         self._statements: dict[Shape, str] = {}
         self._connection: PoolProxiedConnection | None = None  # PostgreSQL: its own, in autocommit
         self._async_connection: Any = None  # likewise, for `try_admit_async` on an event loop
@@ -246,9 +330,10 @@ class WholeGroupAdmission:
             return None
         version, capacity_rows = cached
         now = ledger.clock()  # one transaction: every row of the group is written at the same time
+        created = self._bind_time(now)
+        expiry: dict[float, tuple[datetime, Any]] = {}  # per TTL: when its holds expire, and that bound
         keys: set[str] = set()
-        totals = [0] * len(_RESOURCES)
-        rows, logs, grants = [], [], []
+        rows, logs, grants, asked = [], [], [], []
         try:
             for hold_host, request, key, asked_ttl in holds:
                 if hold_host != host_id or request.wants_gpu or (key is not None and key in keys):
@@ -256,21 +341,23 @@ class WholeGroupAdmission:
                 ttl = ledger._hold_ttl(asked_ttl, key)
                 if key is not None:
                     keys.add(key)
-                row = ledger._hold_row(host_id, request, key, ttl, now)
-                rows.append(self._bind_hold(row))
-                rid = row["reservation_id"]
+                expires = expiry.get(ttl)
+                if expires is None:
+                    at = now + timedelta(seconds=ttl)
+                    expires = expiry[ttl] = (at, self._bind_time(at))
+                rid = reservation_id()
+                rows.append(hold_values(rid, host_id, key, request, created, expires[1]))
                 demands = request.demands()
                 if any(demands):
-                    totals = [total + amount for total, amount in zip(totals, demands, strict=True)]
-                    delta = {column: amount for column, amount in zip(_PEND, demands, strict=True) if amount}
-                    log = ledger._log_row(host_id, "reservation", rid, "reserved", "api", delta, now)
-                    logs.append(self._bind_log(log))
-                grants.append(Grant(rid, host_id, row["status"], row["expires_at"], key))
+                    asked.append(demands)
+                    logs.append(log_values(host_id, created, rid, demands))
+                grants.append(Grant(rid, host_id, HELD, expires[0], key))
         except LedgerError:
             return None  # a bad TTL or key: group admission words the refusal
+        totals = [sum(amounts) for amounts in zip(*asked, strict=True)] if asked else [0] * len(_RESOURCES)
         if max(totals) > MAX_AMOUNT:
             return None
-        earliest = self._bind_time(min(g.expires_at for g in grants))
+        earliest = min(expiry.values())[1]
         update: list[Any] = [*totals, earliest, earliest, host_id, version, self._bind_time(now)]
         wanted = []
         for resource, total in zip(_RESOURCES, totals, strict=True):
@@ -313,13 +400,23 @@ class WholeGroupAdmission:
             return update
         ctes = [
             f"moved AS ({update})",
-            f"new_holds AS ({_insert_rows('reservations', self._hold_columns, self._typed_hold, holds)})",
+            f"new_holds AS ({_insert_rows('reservations', HOLD_COLUMNS, self._typed_hold, holds)})",
         ]
         if logs:
-            ctes.append(
-                f"new_logs AS ({_insert_rows('allocation_log', self._log_columns, self._typed_log, logs)})"
-            )
+            ctes.append(f"new_logs AS ({_insert_rows('allocation_log', LOG_COLUMNS, self._typed_log, logs)})")
         return f"WITH {', '.join(ctes)} SELECT count(*) FROM moved"
+
+
+def _check_direct_rows(table: Table, columns: tuple[str, ...], dialect: Any) -> None:
+    """`columns` must be all of `table`'s but its generated id, and only its UTC times may need binding
+    (`_plan` binds those with one binder and leaves every other value as it is)."""
+    names = {c.name for c in table.c} - {"id"}
+    if set(columns) != names or len(columns) != len(names):
+        raise RuntimeError(f"whole_group's columns for {table.name} are not the model's: {sorted(names)}")
+    for name in columns:
+        column = table.c[name]
+        if not isinstance(column.type, UTCDateTime) and binder(column, dialect) is not same:
+            raise RuntimeError(f"whole_group writes {table.name}.{name} unbound, but its type binds values")
 
 
 def _insert_values(table: str, columns: tuple[str, ...]) -> str:
