@@ -358,7 +358,7 @@ class WholeGroupAdmission:
         if max(totals) > MAX_AMOUNT:
             return None
         earliest = min(expiry.values())[1]
-        update: list[Any] = [*totals, earliest, earliest, host_id, version, self._bind_time(now)]
+        update: list[Any] = [*totals, earliest, earliest, host_id, version, created]
         wanted = []
         for resource, total in zip(_RESOURCES, totals, strict=True):
             if total:
