@@ -17,7 +17,6 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from ledger.bus.jetstream import DURABLE, STREAM, ensure_consumer, ensure_stream, stream_config
@@ -128,7 +127,7 @@ class EventConsumer:
         while not stop.is_set():
             try:
                 msgs = await self._sub.fetch(self.batch_size, timeout=self.fetch_timeout)
-            except NatsTimeoutError:
+            except TimeoutError:  # nothing to fetch: nats-py's own, or asyncio's when its deadline races
                 continue
             except Exception as exc:  # disconnected, server restarting: nats-py reconnects by itself
                 log.warning("fetch failed (%s: %s); retrying", type(exc).__name__, exc)
