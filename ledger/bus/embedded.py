@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from ledger.bus.store_lock import StoreLock
 from ledger.core.errors import Unavailable
 
 START_TIMEOUT_S = 15.0
@@ -50,14 +51,17 @@ class EmbeddedNats:
         self.url = ""
         # kept until stop: the server removes its ports file on exit and logs an error if it cannot
         self._ports_dir: Path | None = None
+        self._lock = StoreLock(self.store_dir)  # held from start to stop: one server per store
 
     def start(self) -> str:
         """Start the server and wait until it accepts connections; returns its URL."""
+        binary = server_binary()
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
         ports_dir = self._ports_dir = Path(tempfile.mkdtemp(prefix="ledger-nats-ports-"))
         log_path = self.store_dir / "nats-server.log"
         args = [
-            str(server_binary()),
+            str(binary),
             "-js",
             "-sd",
             str(self.store_dir),
@@ -71,10 +75,10 @@ class EmbeddedNats:
             str(log_path),
             *self.extra_args,
         ]
-        self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
         try:
+            self.process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
             self.url = self._wait_for_ports(ports_dir, log_path)
         except BaseException:
             self.stop()
@@ -109,6 +113,7 @@ class EmbeddedNats:
                 self._terminate(process, timeout)
         finally:
             self._remove_ports_dir()
+            self._lock.release()
 
     @staticmethod
     def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -123,6 +128,7 @@ class EmbeddedNats:
             self.process.wait()
             self.process = None
         self._remove_ports_dir()
+        self._lock.release()
 
     def _remove_ports_dir(self) -> None:
         if self._ports_dir is not None:
