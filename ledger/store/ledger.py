@@ -350,14 +350,7 @@ class Ledger:
             conn.execute(self._insert_log, self._log_row(host_id, kind, entity_id, action, cause, delta))
 
     def _log_row(
-        self,
-        host_id: str,
-        kind: str,
-        entity_id: str,
-        action: str,
-        cause: str,
-        delta: Totals,
-        at: datetime | None = None,
+        self, host_id: str, kind: str, entity_id: str, action: str, cause: str, delta: Totals
     ) -> dict[str, Any]:
         """The allocation_log row for a change of `delta` to a host's totals."""
         bucket = "pending" if any(k.startswith("pend_") for k in delta) else "allocated"
@@ -366,7 +359,7 @@ class Ledger:
         )
         return {
             "host_id": host_id,
-            "at": self.clock() if at is None else at,
+            "at": self.clock(),
             "entity_kind": kind,
             "entity_id": entity_id,
             "action": action,
@@ -705,15 +698,10 @@ class Ledger:
         return refusal
 
     def _hold_row(
-        self,
-        host_id: str,
-        request: AllocationRequest,
-        idempotency_key: str | None,
-        ttl: float,
-        now: datetime | None = None,
+        self, host_id: str, request: AllocationRequest, idempotency_key: str | None, ttl: float
     ) -> dict[str, Any]:
-        """A new held reservation's row (created `now`, the clock's time unless given)."""
-        now = self.clock() if now is None else now
+        """A new held reservation's row."""
+        now = self.clock()
         return {
             "reservation_id": reservation_id(),
             "host_id": host_id,

@@ -49,10 +49,23 @@ times = st.datetimes(
 )
 
 
+class Clock:
+    """The ledger's clock, set by each example."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+CLOCK = Clock()
+
+
 @pytest.fixture(scope="module")
 def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
     path = Path(tmp_path_factory.mktemp("rows")) / "ledger.db"
-    opened = Ledger.open(f"sqlite:///{path}")
+    opened = Ledger.open(f"sqlite:///{path}", clock=CLOCK)
     yield opened
     opened.close()
 
@@ -71,7 +84,8 @@ def test_direct_rows_equal_the_ledgers_rows_bound(
     bind_time = binder(hosts.c.next_expiry, DIALECTS[dialect])
     bind_hold = binders(reservations, HOLD_COLUMNS, DIALECTS[dialect])
     bind_log = binders(allocation_log, LOG_COLUMNS, DIALECTS[dialect])
-    row = ledger._hold_row("host-1", request, key, ttl, now)
+    CLOCK.now = now
+    row = ledger._hold_row("host-1", request, key, ttl)
     rid = row["reservation_id"]
     created, expires = bind_time(now), bind_time(now + timedelta(seconds=ttl))
 
@@ -83,7 +97,7 @@ def test_direct_rows_equal_the_ledgers_rows_bound(
     demands = request.demands()
     delta = {PEND_COLUMN[r]: amount for r, amount in zip(ResourceType, demands, strict=True) if amount}
     if delta:  # a hold that asks for nothing is not logged, on either path
-        logged = bind_log(ledger._log_row("host-1", "reservation", rid, "reserved", "api", delta, now))
+        logged = bind_log(ledger._log_row("host-1", "reservation", rid, "reserved", "api", delta))
         assert log_values("host-1", created, rid, demands) == logged
 
 
