@@ -1,7 +1,11 @@
 """One frozen settings object, built once from flags, environment, an optional TOML file and defaults.
 
-Precedence, highest first: command-line flags, environment variables, the TOML file named by `--config` or
-`LEDGER_CONFIG`, built-in defaults. Every value remembers where it came from, so `ledger config` can say.
+`SETTINGS` is the one registry: each entry's key, environment names, default, forms and help feed
+`load_settings`, `ledger config`, the common flags and the table in docs/configuration.md.
+
+Precedence, highest first: command-line flags, environment variables (a setting's names in order: the
+LEDGER_ spelling before the seed's bare one), the TOML file named by `--config` or `LEDGER_CONFIG`, built-in
+defaults. Every value remembers where it came from, so `ledger config` can say.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +159,60 @@ def _log_format(value: Raw) -> str:
     return text
 
 
+# A scheme that begins a new URL in a comma-separated list (NATS takes several servers).
+_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.\-]*://)")
+# Schemes whose lone userinfo is a user name (`postgresql://app@db/x`); anywhere else it may be a token.
+_USER_SCHEMES = frozenset({"postgresql", "postgres", "sqlite"})
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """`url` (or several, comma-separated) with every password or token replaced by `***`; never raises.
+
+    `postgresql://app:pw@db/x` → `postgresql://app:***@db/x`, `nats://tok@h:4222` → `nats://***@h:4222`: a
+    lone userinfo is kept only in a database URL, where it is a user name. Everything from `//` to a URL's
+    last `@` counts as userinfo, so a password holding `@`, `/` or `,` unescaped is masked whole.
+    """
+    return ",".join(_mask_one(part) for part in _NEXT_URL.split(url))
+
+
+def _mask_one(url: str) -> str:
+    at = url.rfind("@")
+    if at < 0:
+        return url
+    slashes = url.find("//")
+    if 0 <= slashes < at:
+        start = slashes + 2
+        scheme = url[:slashes].strip().removesuffix(":").split("+", 1)[0].lower()
+    else:
+        start = len(url) - len(url.lstrip())
+        scheme = ""
+    user, colon, _ = url[start:at].partition(":")
+    if colon:
+        shown = f"{user}:{MASK}"
+    elif scheme in _USER_SCHEMES:
+        shown = user
+    else:
+        shown = MASK
+    return url[:start] + shown + url[at:]
+
+
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """A default worked out at load time from the environment and the settings resolved before it."""
+
+    compute: Callable[[Mapping[str, Any], Mapping[str, str]], Any]
+    source: str = "default"
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
-    """One configurable value: where it may come from and what it accepts."""
+    """One configurable value: where it may come from, what it accepts, and its default.
+
+    `env` lists the environment names highest first. `default_text` says the default in the docs where the
+    value alone would not (a computed default, or what an unset value means). `secret` values are shown as
+    `***`; in a `url` setting a password or token is. `cli_flag`: every command accepts `--KEY`.
+    """
 
     key: str
     env: tuple[str, ...]
@@ -165,21 +220,61 @@ class Setting:
     forms: str
     help: str
     default: Any = None
+    default_text: str = ""
     secret: bool = False
+    url: bool = False
+    cli_flag: bool = False
 
     @property
     def flag(self) -> str:
         return "--" + self.key.replace("_", "-")
 
+    @property
+    def default_doc(self) -> str:
+        """The default as the docs write it (Markdown)."""
+        if self.default_text:
+            return self.default_text
+        if self.default is None:
+            return "unset"
+        if isinstance(self.default, bool):
+            return "`true`" if self.default else "`false`"
+        return f"`{self.default}`"
+
+    def safe(self, value: Any) -> Any:
+        """`value` as it may be shown: a secret as `***`, a URL with its passwords masked."""
+        if value is None:
+            return None
+        if self.secret:
+            return MASK
+        if self.url and isinstance(value, str):
+            return mask_url(value)
+        return value
+
+
+def _seed_names(name: str) -> tuple[str, ...]:
+    """The seed's bare name, after its LEDGER_-prefixed spelling (which wins when both are set)."""
+    return ("LEDGER_" + name, name)
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """`$XDG_DATA_HOME/ledger`, else `~/.local/share/ledger`."""
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ledger"
+
+
+def _default_database_url(values: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    return f"sqlite:///{Path(values['data_dir']) / 'ledger.db'}"
+
 
 _RATIO_FORMS = "a number greater than 0, e.g. 4.0"
+_MULTIPLIER_FORMS = "a number of at least 1"
+_FILE_FORMS = "a file path"
 
 
 def _ratio_setting(resource: ResourceType) -> Setting:
-    name = "OVERSUB_" + resource.value.upper()
     return Setting(
         f"oversub_{resource.value}",
-        (name,),
+        _seed_names("OVERSUB_" + resource.value.upper()),
         _ratio,
         _RATIO_FORMS,
         f"oversubscription ratio for {resource.value}",
@@ -194,78 +289,92 @@ SETTINGS: tuple[Setting, ...] = (
         _path,
         "a directory path",
         "where the embedded database and NATS store live; its filesystem is the disk that is measured",
+        Computed(lambda values, environ: default_data_dir(environ)),
+        "`$XDG_DATA_HOME/ledger`, else `~/.local/share/ledger`",
+        cli_flag=True,
     ),
     Setting(
         "database_url",
-        ("LEDGER_DATABASE_URL",),
+        ("LEDGER_DATABASE_URL", "DATABASE_URL"),
         _text,
-        "an SQLAlchemy URL: sqlite:///PATH or postgresql://USER@HOST/DB",
-        "the ledger database (default: SQLite file ledger.db in the data dir)",
+        "an SQLAlchemy URL: sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST/DB",
+        "the ledger database",
+        Computed(_default_database_url),
+        "`sqlite:///<data_dir>/ledger.db`",
+        url=True,
+        cli_flag=True,
     ),
     Setting(
         "nats_url",
-        ("LEDGER_NATS_URL",),
+        ("LEDGER_NATS_URL", "NATS_URL"),
         _text,
-        "nats://HOST:PORT (several separated by commas)",
-        "a NATS server to join (default: start an embedded one)",
+        "nats://[USER:PASSWORD@ or TOKEN@]HOST:PORT (several separated by commas)",
+        "a NATS server to join",
+        default_text="unset (start an embedded NATS server)",
+        url=True,
+        cli_flag=True,
     ),
     Setting(
         "host_id",
         ("LEDGER_HOST_ID",),
         _host_id,
         "1 to 255 characters without '.', '*', '>' or spaces (it is a NATS subject token)",
-        "this host's id (default: the short hostname)",
+        "this host's id",
+        Computed(lambda values, environ: default_host_id(), "default (hostname)"),
+        "the short hostname (`web-1.example.com` → `web-1`)",
+        cli_flag=True,
     ),
     Setting(
         "nats_port",
         ("LEDGER_NATS_PORT",),
         _port,
         "a TCP port from 1 to 65535",
-        "port for the embedded NATS server (default: any free port, written to serve.json in the data dir)",
+        "port for the embedded NATS server",
+        default_text="any free port (written to `serve.json` in the data dir)",
     ),
     *(_ratio_setting(r) for r in ResourceType),
-    Setting("cpu_limit", ("CPU_LIMIT",), _count, "a whole number of vCPUs", "vCPU capacity override"),
-    Setting("memory_limit", ("MEMORY_LIMIT",), _size, SIZE_FORMS, "memory capacity override"),
-    Setting("disk_limit", ("DISK_LIMIT",), _size, SIZE_FORMS, "disk capacity override (else statfs)"),
-    Setting("network_limit", ("NETWORK_LIMIT",), _bandwidth, BANDWIDTH_FORMS, "uplink capacity override"),
+    Setting(
+        "cpu_limit", _seed_names("CPU_LIMIT"), _count, "a whole number of vCPUs", "vCPU capacity override"
+    ),
+    Setting("memory_limit", _seed_names("MEMORY_LIMIT"), _size, SIZE_FORMS, "memory capacity override"),
+    Setting(
+        "disk_limit", _seed_names("DISK_LIMIT"), _size, SIZE_FORMS, "disk capacity override (else statfs)"
+    ),
+    Setting(
+        "network_limit", _seed_names("NETWORK_LIMIT"), _bandwidth, BANDWIDTH_FORMS, "uplink capacity override"
+    ),
     Setting(
         "disk_io_limit",
-        ("DISK_IO_LIMIT",),
+        _seed_names("DISK_IO_LIMIT"),
         _bandwidth,
         BANDWIDTH_FORMS,
-        "disk I/O capacity (default 1GB/s)",
+        "disk I/O capacity override",
+        default_text="unset (discovery assumes 1 GB/s)",
     ),
     Setting(
         "max_image_storage",
-        ("MAX_IMAGE_STORAGE",),
+        _seed_names("MAX_IMAGE_STORAGE"),
         _fraction,
         "a fraction greater than 0 and at most 1, e.g. 0.2",
         "share of disk capacity that images plus OCI cache may use",
         0.2,
     ),
     Setting(
-        "upload_burst_multiplier",
-        ("UPLOAD_BURST_MULTIPLIER",),
-        _multiplier,
-        "a number of at least 1",
-        "network upload burst = sustained × this",
-        4.0,
-    ),
-    Setting(
-        "download_burst_multiplier",
-        ("DOWNLOAD_BURST_MULTIPLIER",),
-        _multiplier,
-        "a number of at least 1",
-        "network download burst = sustained × this",
-        4.0,
-    ),
-    Setting(
         "disk_io_burst_multiplier",
-        ("DISK_IO_BURST_MULTIPLIER",),
+        _seed_names("DISK_IO_BURST_MULTIPLIER"),
         _multiplier,
-        "a number of at least 1",
+        _MULTIPLIER_FORMS,
         "disk I/O burst = sustained × this",
         4.0,
+    ),
+    Setting(
+        "default_bandwidth",
+        ("LEDGER_DEFAULT_BANDWIDTH",),
+        _bool,
+        "true or false",
+        "charge an instance record or validate request that does not state its network or disk I/O "
+        "bandwidth the vCPU-share default for it (false: charge 0)",
+        True,
     ),
     Setting(
         "default_bandwidth_uses_ratio",
@@ -288,67 +397,64 @@ SETTINGS: tuple[Setting, ...] = (
         ("LEDGER_BUSY_POLL_US",),
         _busy_poll_us,
         f"a whole number of microseconds from 0 (off) to {MAX_BUSY_POLL_US}",
-        "after answering a lone request, `ledger serve` polls for the next one this long before it "
-        f"sleeps (default: {EMBEDDED_BUSY_POLL_US} with the embedded NATS server, whose callers are all on "
-        "this machine; 0 when joining a NATS server)",
+        "after answering a lone request, `ledger serve` polls for the next one this long before it sleeps "
+        "(the embedded NATS server's callers are all on this machine); "
+        'see "One after another" in docs/protocol.md',
+        default_text=f"`{EMBEDDED_BUSY_POLL_US}` with the embedded NATS server, `0` when joining one",
     ),
     Setting("log_format", ("LEDGER_LOG_FORMAT",), _log_format, "text or json", "log line format", "text"),
     Setting("nats_user", ("LEDGER_NATS_USER",), _text, "a user name", "NATS user"),
     Setting("nats_password", ("LEDGER_NATS_PASSWORD",), _text, "a password", "NATS password", secret=True),
     Setting("nats_token", ("LEDGER_NATS_TOKEN",), _text, "a token", "NATS token", secret=True),
-    Setting("nats_nkey_seed", ("LEDGER_NATS_NKEY_SEED",), _path, "a file path", "NATS NKey seed file"),
-    Setting("nats_creds", ("LEDGER_NATS_CREDS",), _path, "a file path", "NATS credentials (.creds) file"),
-    Setting("nats_tls_ca", ("LEDGER_NATS_TLS_CA",), _path, "a file path", "CA bundle to verify NATS"),
-    Setting("nats_tls_cert", ("LEDGER_NATS_TLS_CERT",), _path, "a file path", "client certificate for NATS"),
-    Setting("nats_tls_key", ("LEDGER_NATS_TLS_KEY",), _path, "a file path", "client key for NATS"),
+    Setting("nats_nkey_seed", ("LEDGER_NATS_NKEY_SEED",), _path, _FILE_FORMS, "NATS NKey seed file"),
+    Setting("nats_creds", ("LEDGER_NATS_CREDS",), _path, _FILE_FORMS, "NATS credentials (.creds) file"),
+    Setting("nats_tls_ca", ("LEDGER_NATS_TLS_CA",), _path, _FILE_FORMS, "CA bundle to verify NATS"),
+    Setting("nats_tls_cert", ("LEDGER_NATS_TLS_CERT",), _path, _FILE_FORMS, "client certificate for NATS"),
+    Setting("nats_tls_key", ("LEDGER_NATS_TLS_KEY",), _path, _FILE_FORMS, "client key for NATS"),
 )
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 CONFIG_FILE_ENV = "LEDGER_CONFIG"
 ENV_NAMES: frozenset[str] = frozenset(name for s in SETTINGS for name in s.env) | {CONFIG_FILE_ENV}
 
 
-def default_data_dir(environ: Mapping[str, str]) -> Path:
-    """`$XDG_DATA_HOME/ledger`, else `~/.local/share/ledger`."""
-    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "ledger"
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """Everything configurable, resolved; `sources[key]` says where each value came from."""
+    """Everything configurable, resolved; `sources[key]` says where each value came from.
+
+    One field per entry of `SETTINGS`, which holds the defaults: build it with `load_settings`.
+    """
 
     data_dir: Path
     database_url: str
     nats_url: str | None
     host_id: str
-    nats_port: int | None = None
-    oversub_cpu: float = DEFAULT_RATIOS[ResourceType.CPU]
-    oversub_memory: float = DEFAULT_RATIOS[ResourceType.MEMORY]
-    oversub_disk: float = DEFAULT_RATIOS[ResourceType.DISK]
-    oversub_network: float = DEFAULT_RATIOS[ResourceType.NETWORK]
-    oversub_disk_io: float = DEFAULT_RATIOS[ResourceType.DISK_IO]
-    cpu_limit: int | None = None
-    memory_limit: int | None = None
-    disk_limit: int | None = None
-    network_limit: int | None = None
-    disk_io_limit: int | None = None
-    max_image_storage: float = 0.2
-    upload_burst_multiplier: float = 4.0
-    download_burst_multiplier: float = 4.0
-    disk_io_burst_multiplier: float = 4.0
-    default_bandwidth_uses_ratio: bool = False
-    reservation_ttl: float = 60.0
-    busy_poll_us: int | None = None  # None: EMBEDDED_BUSY_POLL_US with the embedded NATS server, else 0
-    log_format: str = "text"
-    nats_user: str | None = None
-    nats_password: str | None = field(default=None, repr=False)  # secret: kept out of logs
-    nats_token: str | None = field(default=None, repr=False)  # secret: kept out of logs
-    nats_nkey_seed: Path | None = None
-    nats_creds: Path | None = None
-    nats_tls_ca: Path | None = None
-    nats_tls_cert: Path | None = None
-    nats_tls_key: Path | None = None
-    sources: Mapping[str, str] = field(default_factory=dict)
+    nats_port: int | None
+    oversub_cpu: float
+    oversub_memory: float
+    oversub_disk: float
+    oversub_network: float
+    oversub_disk_io: float
+    cpu_limit: int | None
+    memory_limit: int | None
+    disk_limit: int | None
+    network_limit: int | None
+    disk_io_limit: int | None
+    max_image_storage: float
+    disk_io_burst_multiplier: float
+    default_bandwidth: bool
+    default_bandwidth_uses_ratio: bool
+    reservation_ttl: float
+    busy_poll_us: int | None  # None: EMBEDDED_BUSY_POLL_US with the embedded NATS server, else 0
+    log_format: str
+    nats_user: str | None
+    nats_password: str | None
+    nats_token: str | None
+    nats_nkey_seed: Path | None
+    nats_creds: Path | None
+    nats_tls_ca: Path | None
+    nats_tls_cert: Path | None
+    nats_tls_key: Path | None
+    sources: Mapping[str, str]
 
     def ratio(self, resource: ResourceType) -> float:
         """The configured oversubscription ratio for `resource`."""
@@ -361,18 +467,28 @@ class Settings:
         return value
 
     def describe(self) -> list[tuple[str, str, str]]:
-        """(key, value, source) rows for `ledger config`; secrets are masked."""
+        """(key, value, source) rows for `ledger config`; secrets and URL passwords are masked."""
         rows = []
         for setting in SETTINGS:
-            value = getattr(self, setting.key)
-            shown = "(unset)" if value is None else ("******" if setting.secret else str(value))
-            rows.append((setting.key, shown, self.sources.get(setting.key, "default")))
+            shown = setting.safe(getattr(self, setting.key))
+            rows.append(
+                (
+                    setting.key,
+                    "(unset)" if shown is None else str(shown),
+                    self.sources.get(setting.key, "default"),
+                )
+            )
         return rows
+
+    def __repr__(self) -> str:  # masked like describe(): a repr ends up in logs and tracebacks
+        fields = [f"{s.key}={s.safe(getattr(self, s.key))!r}" for s in SETTINGS]
+        return f"Settings({', '.join(fields)}, sources={dict(self.sources)!r})"
 
 
 def _bad(setting: Setting, source: str, raw: Raw, reason: str) -> ConfigError:
+    shown = setting.safe(raw)
     return ConfigError(
-        f"invalid {setting.key} from {source}: {raw!r} {reason}. Accepted: {setting.forms}.",
+        f"invalid {setting.key} from {source}: {shown!r} {reason}. Accepted: {setting.forms}.",
         setting=setting.key,
         source=source,
     )
@@ -426,25 +542,58 @@ def load_settings(
             else:
                 if setting.key in file_values:
                     raw, source = file_values[setting.key], f"config file {file_path}"
-        if raw is None:
-            values[setting.key] = setting.default
+        if raw is not None:
+            values[setting.key] = _parse(setting, source, raw)
+        elif isinstance(setting.default, Computed):
+            values[setting.key] = setting.default.compute(values, env)
+            source = setting.default.source
         else:
-            try:
-                values[setting.key] = setting.parse(raw)
-            except UnitError as exc:  # already quotes the input; some reasons do not list the forms
-                message = f"invalid {setting.key} from {source}: {exc}"
-                if setting.forms not in message:
-                    message += f". Accepted: {setting.forms}."
-                raise ConfigError(message, setting=setting.key, source=source) from None
-            except ValueError as exc:
-                raise _bad(setting, source, raw, str(exc)) from None
+            values[setting.key] = setting.default
         sources[setting.key] = source
-
-    if values["data_dir"] is None:
-        values["data_dir"] = default_data_dir(env)
-    if values["database_url"] is None:
-        values["database_url"] = f"sqlite:///{Path(values['data_dir']) / 'ledger.db'}"
-    if values["host_id"] is None:
-        values["host_id"] = default_host_id()
-        sources["host_id"] = "default (hostname)"
     return Settings(**values, sources=sources)
+
+
+def _parse(setting: Setting, source: str, raw: Raw) -> Any:
+    try:
+        return setting.parse(raw)
+    except UnitError as exc:  # already quotes the input; some reasons do not list the forms
+        message = f"invalid {setting.key} from {source}: {exc}"
+        if setting.forms not in message:
+            message += f". Accepted: {setting.forms}."
+        raise ConfigError(message, setting=setting.key, source=source) from None
+    except ValueError as exc:
+        raise _bad(setting, source, raw, str(exc)) from None
+
+
+def settings_table_markdown() -> str:
+    """The Settings table of docs/configuration.md (`python -m ledger.config --markdown` prints it)."""
+    lines = [
+        "| Key | Environment | Flag | Default | Accepted forms | Meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in SETTINGS:
+        meaning = s.help
+        if s.secret:
+            meaning += f". **Secret:** shown as `{MASK}`."
+        if s.url:
+            meaning += f". A password or token in the URL is shown as `{MASK}`."
+        cells = (
+            f"`{s.key}`",
+            ", ".join(f"`{name}`" for name in s.env),
+            f"`{s.flag}`" if s.cli_flag else "—",
+            s.default_doc,
+            s.forms,
+            meaning,
+        )
+        lines.append("| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit(
+            "usage: python -m ledger.config --markdown  (prints the Settings table of docs/configuration.md)"
+        )
+    sys.stdout.write(settings_table_markdown())

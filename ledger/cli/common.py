@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ledger.config import Settings, load_settings
+from ledger.config import CONFIG_FILE_ENV, SETTINGS, SETTINGS_BY_KEY, Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -22,21 +22,18 @@ EXIT_NOT_FOUND = 4
 EXIT_UNAVAILABLE = 5
 
 # Settings that every command accepts as a flag (the rest come from environment or the config file).
-COMMON_FLAGS = ("data_dir", "database_url", "nats_url", "host_id")
+COMMON_FLAGS = tuple(setting.key for setting in SETTINGS if setting.cli_flag)
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """--config plus the settings any command may need; all default to None so lower sources show through."""
     group = parser.add_argument_group("configuration (flags beat environment beat --config file)")
-    group.add_argument("--config", type=Path, default=None, help="TOML config file (env LEDGER_CONFIG)")
-    group.add_argument("--data-dir", default=None, help="data directory (env LEDGER_DATA_DIR)")
-    group.add_argument(
-        "--database-url", default=None, help="database URL (env LEDGER_DATABASE_URL; default SQLite)"
-    )
-    group.add_argument("--nats-url", default=None, help="NATS server URL (env LEDGER_NATS_URL)")
-    group.add_argument(
-        "--host-id", default=None, help="this host's id (env LEDGER_HOST_ID; default hostname)"
-    )
+    group.add_argument("--config", type=Path, default=None, help=f"TOML config file (env {CONFIG_FILE_ENV})")
+    for key in COMMON_FLAGS:
+        setting = SETTINGS_BY_KEY[key]
+        default = setting.default_doc.replace("`", "")
+        text = f"{setting.help} (env {' or '.join(setting.env)}; default: {default})"
+        group.add_argument(setting.flag, default=None, help=text.replace("%", "%%"))
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -14,7 +14,8 @@ def register(subcommands: Any) -> argparse.ArgumentParser:
         "config",
         help="print the configuration in force and where each value came from",
         description="Print every setting, its value and its source (flag, environment, config file, "
-        "default). Precedence: flags > environment > --config/LEDGER_CONFIG file > defaults.",
+        "default). Precedence: flags > environment (a LEDGER_ name before the bare one) > "
+        "--config/LEDGER_CONFIG file > defaults. Secrets, and passwords or tokens in URLs, show as ***.",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     parser.add_argument("--get", metavar="KEY", help="print only this setting's value (for scripts)")

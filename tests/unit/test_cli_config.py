@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ledger.cli.common import COMMON_FLAGS
 from ledger.config import ENV_NAMES, SETTINGS
 
 # Everything the ledger reads from the environment, plus prefixes someone might add later.
@@ -55,6 +56,7 @@ def test_config_json_lists_every_setting_with_value_and_source(tmp_path: Path) -
     assert data["oversub_cpu"] == {"value": "4.0", "source": "default"}
     assert data["oversub_network"] == {"value": "2.0", "source": "default"}
     assert data["max_image_storage"] == {"value": "0.2", "source": "default"}
+    assert data["default_bandwidth"] == {"value": "True", "source": "default"}
     assert data["default_bandwidth_uses_ratio"] == {"value": "False", "source": "default"}
     assert data["cpu_limit"] == {"value": "(unset)", "source": "default"}
     assert data["data_dir"]["value"] == str(tmp_path / "xdg" / "ledger")
@@ -92,7 +94,43 @@ def test_config_json_masks_secrets(tmp_path: Path) -> None:
     result = run_ledger(tmp_path, "config", "--json", LEDGER_NATS_PASSWORD="hunter2")
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout
-    assert json.loads(result.stdout)["nats_password"]["value"] == "******"
+    assert json.loads(result.stdout)["nats_password"]["value"] == "***"
+
+
+URL_SECRETS = {
+    "LEDGER_DATABASE_URL": "postgresql://app:hunter2@db/ledger",
+    "LEDGER_NATS_URL": "nats://user:pw0rd@h1:4222,nats://t0ken@h2:4222",
+}
+
+
+def test_config_json_masks_passwords_and_tokens_in_urls(tmp_path: Path) -> None:
+    result = run_ledger(tmp_path, "config", "--json", **URL_SECRETS)
+    assert result.returncode == 0, result.stderr
+    for secret in ("hunter2", "pw0rd", "t0ken"):
+        assert secret not in result.stdout
+    data = json.loads(result.stdout)
+    assert data["database_url"]["value"] == "postgresql://app:***@db/ledger"
+    assert data["nats_url"]["value"] == "nats://user:***@h1:4222,nats://***@h2:4222"
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [
+        ("database_url", "postgresql://app:***@db/ledger"),
+        ("nats_url", "nats://user:***@h1:4222,nats://***@h2:4222"),
+    ],
+)
+def test_config_get_masks_passwords_in_urls(tmp_path: Path, key: str, shown: str) -> None:
+    result = run_ledger(tmp_path, "config", "--get", key, **URL_SECRETS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == shown + "\n"
+
+
+def test_config_table_masks_passwords_in_a_url_given_as_a_flag(tmp_path: Path) -> None:
+    result = run_ledger(tmp_path, "config", "--database-url", "postgresql://app:hunter2@db/ledger")
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    assert "postgresql://app:***@db/ledger" in result.stdout
 
 
 def test_config_table_shows_keys_sources_and_environment_names(tmp_path: Path) -> None:
@@ -101,7 +139,20 @@ def test_config_table_shows_keys_sources_and_environment_names(tmp_path: Path) -
     line = next(line for line in result.stdout.splitlines() if line.startswith("oversub_cpu "))
     assert "6.0" in line
     assert "environment OVERSUB_CPU" in line
-    assert "[OVERSUB_CPU]" in line
+    assert "[LEDGER_OVERSUB_CPU/OVERSUB_CPU]" in line
+
+
+def test_config_names_the_ledger_variable_when_it_wins(tmp_path: Path) -> None:
+    data = config_json(tmp_path, OVERSUB_CPU="8", LEDGER_OVERSUB_CPU="6")
+    assert data["oversub_cpu"] == {"value": "6.0", "source": "environment LEDGER_OVERSUB_CPU"}
+
+
+def test_config_reads_the_generic_database_url_name(tmp_path: Path) -> None:
+    data = config_json(tmp_path, DATABASE_URL="postgresql://app@db/ledger")
+    assert data["database_url"] == {
+        "value": "postgresql://app@db/ledger",
+        "source": "environment DATABASE_URL",
+    }
 
 
 def test_bad_environment_value_exits_2_with_one_line_naming_it(tmp_path: Path) -> None:
@@ -114,6 +165,13 @@ def test_bad_environment_value_exits_2_with_one_line_naming_it(tmp_path: Path) -
     assert "oversub_cpu" in lines[0]
     assert "'-1'" in lines[0]
     assert "Accepted:" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_ledger_named_value_exits_2_naming_that_variable(tmp_path: Path) -> None:
+    result = run_ledger(tmp_path, "config", LEDGER_MAX_IMAGE_STORAGE="2", MAX_IMAGE_STORAGE="0.5")
+    assert result.returncode == 2
+    assert "environment LEDGER_MAX_IMAGE_STORAGE" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -152,3 +210,16 @@ def test_config_help_names_the_precedence_and_common_flags(tmp_path: Path) -> No
     result = run_ledger(tmp_path, "config", "--help")
     for text in ("--json", "--config", "--data-dir", "--database-url", "--nats-url", "--host-id"):
         assert text in result.stdout
+    for name in (
+        "LEDGER_CONFIG",
+        "LEDGER_DATA_DIR",
+        "LEDGER_DATABASE_URL",
+        "LEDGER_NATS_URL",
+        "LEDGER_HOST_ID",
+    ):
+        assert name in " ".join(result.stdout.split()), name
+
+
+def test_common_flags_are_the_registrys_flag_settings() -> None:
+    assert COMMON_FLAGS == ("data_dir", "database_url", "nats_url", "host_id")
+    assert [s.key for s in SETTINGS if s.cli_flag] == list(COMMON_FLAGS)

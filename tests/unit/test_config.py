@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledger.config import (
     CONFIG_FILE_ENV,
     ENV_NAMES,
     SETTINGS,
     SETTINGS_BY_KEY,
+    Computed,
     Settings,
     default_data_dir,
     load_settings,
+    mask_url,
 )
 from ledger.core.errors import ConfigError
 from ledger.core.resources import ResourceType
@@ -52,16 +58,20 @@ def test_default_oversubscription_ratios_are_the_seeds(tmp_path: Path) -> None:
 def test_default_image_burst_and_reservation_settings(tmp_path: Path) -> None:
     settings = load(tmp_path)
     assert settings.max_image_storage == 0.2
-    assert settings.upload_burst_multiplier == 4.0
-    assert settings.download_burst_multiplier == 4.0
     assert settings.disk_io_burst_multiplier == 4.0
     assert settings.reservation_ttl == 60.0
     assert settings.log_format == "text"
     assert settings.busy_poll_us is None  # `ledger serve` picks: polls with the embedded NATS only
 
 
-def test_default_bandwidth_does_not_use_the_ratio_by_default(tmp_path: Path) -> None:
-    assert load(tmp_path).default_bandwidth_uses_ratio is False
+def test_default_bandwidth_is_charged_without_the_ratio_by_default(tmp_path: Path) -> None:
+    settings = load(tmp_path)
+    assert settings.default_bandwidth is True
+    assert settings.default_bandwidth_uses_ratio is False
+
+
+def test_default_bandwidth_can_be_turned_off(tmp_path: Path) -> None:
+    assert load(tmp_path, {"LEDGER_DEFAULT_BANDWIDTH": "false"}).default_bandwidth is False
 
 
 def test_capacity_overrides_are_unset_by_default(tmp_path: Path) -> None:
@@ -187,6 +197,49 @@ def test_unknown_flag_is_rejected(tmp_path: Path) -> None:
         load(tmp_path, flags={"oversub_gpu": 2})
 
 
+def test_ledger_prefixed_name_beats_the_seeds_bare_name(tmp_path: Path) -> None:
+    settings = load(tmp_path, {"OVERSUB_CPU": "8", "LEDGER_OVERSUB_CPU": "6"})
+    assert settings.oversub_cpu == 6.0
+    assert settings.sources["oversub_cpu"] == "environment LEDGER_OVERSUB_CPU"
+
+
+def test_bad_bare_name_is_not_read_when_the_ledger_name_is_set(tmp_path: Path) -> None:
+    settings = load(tmp_path, {"DISK_LIMIT": "10 potatoes", "LEDGER_DISK_LIMIT": "1TB"})
+    assert settings.disk_limit == 10**12
+
+
+def test_empty_ledger_name_lets_the_bare_name_show_through(tmp_path: Path) -> None:
+    settings = load(tmp_path, {"LEDGER_OVERSUB_CPU": " ", "OVERSUB_CPU": "8"})
+    assert settings.oversub_cpu == 8.0
+    assert settings.sources["oversub_cpu"] == "environment OVERSUB_CPU"
+
+
+def test_bare_seed_name_still_beats_the_config_file(tmp_path: Path) -> None:
+    config = write_toml(tmp_path, "oversub_cpu = 3.0\n")
+    settings = load(tmp_path, {"OVERSUB_CPU": "5"}, config_file=config)
+    assert settings.sources["oversub_cpu"] == "environment OVERSUB_CPU"
+
+
+@pytest.mark.parametrize(("key", "name"), [("database_url", "DATABASE_URL"), ("nats_url", "NATS_URL")])
+def test_the_generic_url_names_are_the_lowest_environment_names(tmp_path: Path, key: str, name: str) -> None:
+    ledger_name = "LEDGER_" + name
+    assert SETTINGS_BY_KEY[key].env == (ledger_name, name)
+    generic = load(tmp_path, {name: "postgresql://generic@db/x"})
+    assert getattr(generic, key) == "postgresql://generic@db/x"
+    assert generic.sources[key] == f"environment {name}"
+    both = load(tmp_path, {name: "postgresql://generic@db/x", ledger_name: "postgresql://ours@db/x"})
+    assert getattr(both, key) == "postgresql://ours@db/x"
+    assert both.sources[key] == f"environment {ledger_name}"
+
+
+def test_generic_url_name_beats_the_config_file_but_not_a_flag(tmp_path: Path) -> None:
+    config = write_toml(tmp_path, 'nats_url = "nats://file:4222"\n')
+    from_env = load(tmp_path, {"NATS_URL": "nats://env:4222"}, config_file=config)
+    assert from_env.nats_url == "nats://env:4222"
+    from_flag = load(tmp_path, {"NATS_URL": "nats://env:4222"}, flags={"nats_url": "nats://flag:4222"})
+    assert from_flag.sources["nats_url"] == "flag --nats-url"
+
+
 def test_real_environment_is_used_when_environ_is_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
@@ -213,9 +266,20 @@ def test_real_environment_is_used_when_environ_is_not_given(monkeypatch: pytest.
         ("NETWORK_LIMIT", "10Gbps", "network_limit", 1_250_000_000),
         ("DISK_IO_LIMIT", "1GB/s", "disk_io_limit", 10**9),
         ("MAX_IMAGE_STORAGE", "0.5", "max_image_storage", 0.5),
-        ("UPLOAD_BURST_MULTIPLIER", "2", "upload_burst_multiplier", 2.0),
-        ("DOWNLOAD_BURST_MULTIPLIER", "8", "download_burst_multiplier", 8.0),
         ("DISK_IO_BURST_MULTIPLIER", "1", "disk_io_burst_multiplier", 1.0),
+        ("LEDGER_OVERSUB_CPU", "8", "oversub_cpu", 8.0),
+        ("LEDGER_OVERSUB_MEMORY", "1.5", "oversub_memory", 1.5),
+        ("LEDGER_OVERSUB_DISK", "1.2", "oversub_disk", 1.2),
+        ("LEDGER_OVERSUB_NETWORK", "3", "oversub_network", 3.0),
+        ("LEDGER_OVERSUB_DISK_IO", "2.5", "oversub_disk_io", 2.5),
+        ("LEDGER_CPU_LIMIT", "16", "cpu_limit", 16),
+        ("LEDGER_MEMORY_LIMIT", "64GiB", "memory_limit", 64 * GIB),
+        ("LEDGER_DISK_LIMIT", "500GB", "disk_limit", 500 * 10**9),
+        ("LEDGER_NETWORK_LIMIT", "10Gbps", "network_limit", 1_250_000_000),
+        ("LEDGER_DISK_IO_LIMIT", "1GB/s", "disk_io_limit", 10**9),
+        ("LEDGER_MAX_IMAGE_STORAGE", "0.5", "max_image_storage", 0.5),
+        ("LEDGER_DISK_IO_BURST_MULTIPLIER", "1", "disk_io_burst_multiplier", 1.0),
+        ("LEDGER_DEFAULT_BANDWIDTH", "no", "default_bandwidth", False),
         ("LEDGER_DEFAULT_BANDWIDTH_USES_RATIO", "true", "default_bandwidth_uses_ratio", True),
         ("LEDGER_RESERVATION_TTL", "30", "reservation_ttl", 30.0),
         ("LEDGER_BUSY_POLL_US", "0", "busy_poll_us", 0),
@@ -223,7 +287,9 @@ def test_real_environment_is_used_when_environ_is_not_given(monkeypatch: pytest.
         ("LEDGER_LOG_FORMAT", "JSON", "log_format", "json"),
         ("LEDGER_HOST_ID", " node-7 ", "host_id", "node-7"),
         ("LEDGER_NATS_URL", "nats://a:4222,nats://b:4222", "nats_url", "nats://a:4222,nats://b:4222"),
+        ("NATS_URL", "nats://a:4222", "nats_url", "nats://a:4222"),
         ("LEDGER_DATABASE_URL", "sqlite:////tmp/x.db", "database_url", "sqlite:////tmp/x.db"),
+        ("DATABASE_URL", "sqlite:////tmp/x.db", "database_url", "sqlite:////tmp/x.db"),
         ("LEDGER_NATS_USER", "alice", "nats_user", "alice"),
         ("LEDGER_NATS_PASSWORD", "s3cret", "nats_password", "s3cret"),
         ("LEDGER_NATS_TOKEN", "tok", "nats_token", "tok"),
@@ -242,14 +308,65 @@ def test_every_environment_name_sets_its_setting(
     assert settings.sources[key] == f"environment {name}"
 
 
-def test_every_setting_has_an_environment_name_and_is_a_settings_field() -> None:
-    fields = set(Settings.__dataclass_fields__) - {"sources"}
-    assert {s.key for s in SETTINGS} == fields
+def test_the_registry_keys_are_exactly_the_settings_fields_in_order() -> None:
+    fields = [f.name for f in dataclasses.fields(Settings)]
+    assert fields == [s.key for s in SETTINGS] + ["sources"]
+
+
+def test_settings_restates_no_default_of_the_registry() -> None:
+    for f in dataclasses.fields(Settings):
+        assert f.default is dataclasses.MISSING, f.name
+        assert f.default_factory is dataclasses.MISSING, f.name
+
+
+def test_every_default_in_the_registry_has_its_fields_type() -> None:
+    hints = typing.get_type_hints(Settings)
+    for setting in SETTINGS:
+        if not isinstance(setting.default, Computed):
+            assert isinstance(setting.default, hints[setting.key]), setting.key
+
+
+def test_every_setting_has_an_environment_name_forms_and_help() -> None:
     for setting in SETTINGS:
         assert setting.env, setting.key
         assert setting.forms, setting.key
         assert setting.help, setting.key
     assert len(ENV_NAMES) == sum(len(s.env) for s in SETTINGS) + 1
+
+
+SEED_NAMES = (
+    "OVERSUB_CPU",
+    "OVERSUB_MEMORY",
+    "OVERSUB_DISK",
+    "OVERSUB_NETWORK",
+    "OVERSUB_DISK_IO",
+    "CPU_LIMIT",
+    "MEMORY_LIMIT",
+    "DISK_LIMIT",
+    "NETWORK_LIMIT",
+    "DISK_IO_LIMIT",
+    "MAX_IMAGE_STORAGE",
+    "DISK_IO_BURST_MULTIPLIER",
+)
+
+
+def test_every_seed_name_has_a_ledger_name_that_comes_first() -> None:
+    with_bare_names = {s.env[-1]: s.env for s in SETTINGS if not s.env[-1].startswith("LEDGER_")}
+    assert with_bare_names.keys() == {*SEED_NAMES, "DATABASE_URL", "NATS_URL"}
+    for name in SEED_NAMES:
+        assert with_bare_names[name] == ("LEDGER_" + name, name)
+
+
+def test_removed_burst_multipliers_are_not_settings() -> None:
+    assert "upload_burst_multiplier" not in SETTINGS_BY_KEY
+    assert "download_burst_multiplier" not in SETTINGS_BY_KEY
+    assert not {"UPLOAD_BURST_MULTIPLIER", "DOWNLOAD_BURST_MULTIPLIER"} & ENV_NAMES
+
+
+def test_a_removed_burst_multiplier_in_the_config_file_is_an_unknown_setting(tmp_path: Path) -> None:
+    config = write_toml(tmp_path, "upload_burst_multiplier = 2\n")
+    with pytest.raises(ConfigError, match=r"unknown setting.*upload_burst_multiplier"):
+        load(tmp_path, config_file=config)
 
 
 def test_limit_returns_the_capacity_override_per_resource(tmp_path: Path) -> None:
@@ -269,7 +386,8 @@ def test_toml_values_of_native_types_are_accepted(tmp_path: Path) -> None:
     config = write_toml(
         tmp_path,
         'cpu_limit = 32\nmemory_limit = 17179869184\ndisk_limit = "2TB"\nnetwork_limit = "25Gbps"\n'
-        "default_bandwidth_uses_ratio = true\nreservation_ttl = 90\nmax_image_storage = 0.25\n",
+        "default_bandwidth_uses_ratio = true\nreservation_ttl = 90\nmax_image_storage = 0.25\n"
+        "default_bandwidth = false\n",
     )
     settings = load(tmp_path, config_file=config)
     assert settings.cpu_limit == 32
@@ -279,6 +397,7 @@ def test_toml_values_of_native_types_are_accepted(tmp_path: Path) -> None:
     assert settings.default_bandwidth_uses_ratio is True
     assert settings.reservation_ttl == 90.0
     assert settings.max_image_storage == 0.25
+    assert settings.default_bandwidth is False
 
 
 # ---------------------------------------------------------------------------------------- bad values
@@ -303,8 +422,10 @@ def assert_names_setting_source_and_forms(exc: ConfigError, key: str, source: st
         ("OVERSUB_DISK_IO", "inf", "oversub_disk_io"),
         ("MAX_IMAGE_STORAGE", "2", "max_image_storage"),
         ("MAX_IMAGE_STORAGE", "0", "max_image_storage"),
-        ("UPLOAD_BURST_MULTIPLIER", "0.5", "upload_burst_multiplier"),
-        ("DOWNLOAD_BURST_MULTIPLIER", "nan", "download_burst_multiplier"),
+        ("DISK_IO_BURST_MULTIPLIER", "0.5", "disk_io_burst_multiplier"),
+        ("LEDGER_DISK_IO_BURST_MULTIPLIER", "nan", "disk_io_burst_multiplier"),
+        ("LEDGER_OVERSUB_CPU", "-1", "oversub_cpu"),
+        ("LEDGER_DISK_LIMIT", "10 potatoes", "disk_limit"),
         ("CPU_LIMIT", "0", "cpu_limit"),
         ("CPU_LIMIT", "4.5", "cpu_limit"),
         ("CPU_LIMIT", "four", "cpu_limit"),
@@ -314,6 +435,7 @@ def assert_names_setting_source_and_forms(exc: ConfigError, key: str, source: st
         ("NETWORK_LIMIT", "10 potatoes", "network_limit"),
         ("NETWORK_LIMIT", "10MBps", "network_limit"),
         ("DISK_IO_LIMIT", "1G", "disk_io_limit"),
+        ("LEDGER_DEFAULT_BANDWIDTH", "sometimes", "default_bandwidth"),
         ("LEDGER_DEFAULT_BANDWIDTH_USES_RATIO", "maybe", "default_bandwidth_uses_ratio"),
         ("LEDGER_RESERVATION_TTL", "-3", "reservation_ttl"),
         ("LEDGER_BUSY_POLL_US", "-1", "busy_poll_us"),
@@ -378,6 +500,7 @@ def test_bad_bandwidth_message_lists_the_forms_once(tmp_path: Path) -> None:
         ("host_id = 5", "host_id"),
         ('host_id = "  "', "host_id"),
         ("data_dir = 7", "data_dir"),
+        ("default_bandwidth = 3", "default_bandwidth"),
         ("default_bandwidth_uses_ratio = 2", "default_bandwidth_uses_ratio"),
         ("reservation_ttl = 0", "reservation_ttl"),
         ("busy_poll_us = true", "busy_poll_us"),
@@ -477,17 +600,50 @@ def test_describe_masks_secrets_and_shows_sources(tmp_path: Path) -> None:
         {"LEDGER_NATS_PASSWORD": "hunter2", "LEDGER_NATS_TOKEN": "t0ken", "LEDGER_NATS_USER": "bob"},
     )
     rows = {key: (value, source) for key, value, source in settings.describe()}
-    assert rows["nats_password"] == ("******", "environment LEDGER_NATS_PASSWORD")
-    assert rows["nats_token"] == ("******", "environment LEDGER_NATS_TOKEN")
+    assert rows["nats_password"] == ("***", "environment LEDGER_NATS_PASSWORD")
+    assert rows["nats_token"] == ("***", "environment LEDGER_NATS_TOKEN")
     assert rows["nats_user"] == ("bob", "environment LEDGER_NATS_USER")
     assert "hunter2" not in repr(settings.describe())
     assert "t0ken" not in repr(settings.describe())
 
 
+def test_describe_masks_passwords_and_tokens_inside_url_settings(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        {
+            "LEDGER_DATABASE_URL": "postgresql://app:hunter2@db/ledger",
+            "LEDGER_NATS_URL": "nats://user:pw0rd@h1:4222,nats://t0ken@h2:4222",
+        },
+    )
+    shown = {key: value for key, value, _ in settings.describe()}
+    assert shown["database_url"] == "postgresql://app:***@db/ledger"
+    assert shown["nats_url"] == "nats://user:***@h1:4222,nats://***@h2:4222"
+    assert settings.database_url == "postgresql://app:hunter2@db/ledger"  # the value itself is intact
+
+
 def test_repr_of_settings_does_not_leak_secrets(tmp_path: Path) -> None:
-    settings = load(tmp_path, {"LEDGER_NATS_PASSWORD": "hunter2", "LEDGER_NATS_TOKEN": "t0ken"})
-    assert "hunter2" not in repr(settings)
-    assert "t0ken" not in repr(settings)
+    settings = load(
+        tmp_path,
+        {
+            "LEDGER_NATS_PASSWORD": "hunter2",
+            "LEDGER_NATS_TOKEN": "t0ken",
+            "DATABASE_URL": "postgresql://app:s3cret@db/ledger",
+            "NATS_URL": "nats://user:pw0rd@h1:4222,nats://tok3n@h2:4222",
+        },
+    )
+    for text in (repr(settings), str(settings)):
+        for secret in ("hunter2", "t0ken", "s3cret", "pw0rd", "tok3n"):
+            assert secret not in text
+    assert "database_url='postgresql://app:***@db/ledger'" in repr(settings)
+    assert "oversub_cpu=4.0" in repr(settings)
+
+
+def test_bad_secret_value_is_not_quoted_in_the_error(tmp_path: Path) -> None:
+    config = write_toml(tmp_path, "nats_token = 123456789\n")
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, config_file=config)
+    assert "123456789" not in str(caught.value)
+    assert_names_setting_source_and_forms(caught.value, "nats_token", f"config file {config}")
 
 
 def test_describe_shows_unset_values_and_every_setting(tmp_path: Path) -> None:
@@ -497,21 +653,68 @@ def test_describe_shows_unset_values_and_every_setting(tmp_path: Path) -> None:
     assert shown["nats_password"] == "(unset)"
     assert shown["cpu_limit"] == "(unset)"
     assert shown["oversub_cpu"] == "4.0"
+    assert shown["default_bandwidth"] == "True"
 
 
 def test_settings_are_frozen(tmp_path: Path) -> None:
-    import dataclasses
-
     settings = load(tmp_path)
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.oversub_cpu = 1.0  # type: ignore[misc]
 
 
-def test_configuration_doc_lists_every_setting_and_environment_name() -> None:
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
-    for setting in SETTINGS:
-        assert f"| `{setting.key}` |" in doc, setting.key
-        for name in setting.env:
-            assert f"`{name}`" in doc, name
-        assert setting.forms in doc, setting.key
-    assert "default_bandwidth_uses_ratio" in doc
+# ------------------------------------------------------------------------------------------- mask_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:pw@db/ledger", "postgresql://app:***@db/ledger"),
+        (
+            "postgresql+psycopg://app:pw@db:5432/x?sslmode=require",
+            "postgresql+psycopg://app:***@db:5432/x?sslmode=require",
+        ),
+        ("postgresql://app@db/ledger", "postgresql://app@db/ledger"),
+        ("postgresql://db/ledger", "postgresql://db/ledger"),
+        ("sqlite:////var/lib/ledger/ledger.db", "sqlite:////var/lib/ledger/ledger.db"),
+        ("nats://user:pw@h1:4222", "nats://user:***@h1:4222"),
+        ("nats://tok@h2:4222", "nats://***@h2:4222"),
+        ("tls://tok@h2:4222", "tls://***@h2:4222"),
+        ("nats://h1:4222", "nats://h1:4222"),
+        ("nats://user:pw@h1:4222,nats://tok@h2:4222", "nats://user:***@h1:4222,nats://***@h2:4222"),
+        ("nats://a:4222, nats://tok@b:4222", "nats://a:4222, nats://***@b:4222"),
+        ("postgresql://app:p@ss/w,rd@db/ledger", "postgresql://app:***@db/ledger"),
+        ("postgresql://app:pw@h1:5432,h2:5432/ledger", "postgresql://app:***@h1:5432,h2:5432/ledger"),
+        ("user:pw@host:4222", "user:***@host:4222"),
+        ("tok@host:4222", "***@host:4222"),
+        ("weird://[::1:pw@host", "weird://[:***@host"),
+        ("//tok@host", "//***@host"),
+        ("", ""),
+        ("@", "***@"),
+    ],
+)
+def test_mask_url_masks_passwords_and_tokens(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+@given(st.text())
+def test_mask_url_never_raises(url: str) -> None:
+    assert isinstance(mask_url(url), str)
+
+
+_USERINFO = st.text(st.characters(exclude_characters="@:,", codec="utf-8"), min_size=1)
+_PASSWORD = st.text(st.characters(codec="utf-8"), min_size=1).filter(lambda s: "://" not in s)
+
+
+@given(
+    scheme=st.sampled_from(["postgresql", "postgresql+psycopg", "nats", "tls"]),
+    user=_USERINFO,
+    password=_PASSWORD,
+)
+def test_mask_url_hides_any_password(scheme: str, user: str, password: str) -> None:
+    url = f"{scheme}://{user}:{password}@db.example:5432/ledger"
+    assert mask_url(url) == f"{scheme}://{user}:***@db.example:5432/ledger"
+
+
+@given(token=st.text(st.characters(exclude_characters=":", codec="utf-8"), min_size=1))
+def test_mask_url_hides_any_nats_token(token: str) -> None:
+    assert mask_url(f"nats://{token}@h2:4222") == "nats://***@h2:4222"
