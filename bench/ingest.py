@@ -53,7 +53,8 @@ from ledger.bus.jetstream import DURABLE, STREAM, ensure_stream, stream_config
 from ledger.core.resources import Capacity, ResourceType, Source
 from ledger.events.contract import make_event, subject_for
 from ledger.store import migrate
-from ledger.store.ledger import Ledger, processed_events
+from ledger.store.journal import processed_events
+from ledger.store.ledger import Ledger
 
 HOST = "bench-host"
 BIG = {r: Capacity(10**15, Source.CONFIGURED) for r in ResourceType}

@@ -19,7 +19,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PgDatabase, summarize, write_results
 
-from ledger.core.capacity import AllocationRequest
+from ledger.core.charges import AllocationRequest
 from ledger.core.records import InstanceRecord
 from ledger.core.resources import Capacity, ResourceType, Source
 from ledger.store import migrate

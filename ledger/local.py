@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ledger.config import Settings
+from ledger.core.charges import DefaultBandwidth
 from ledger.core.resources import ResourceType
 from ledger.discovery import HostCapacities, discover
 from ledger.store.ledger import Ledger
@@ -12,7 +13,10 @@ from ledger.store.ledger import Ledger
 
 def open_ledger(settings: Settings, *, migrate: bool = True) -> Ledger:
     """The ledger on the configured database (migrated on first use)."""
-    return Ledger.open(settings.database_url, migrate=migrate, reservation_ttl=settings.reservation_ttl)
+    defaults = DefaultBandwidth(settings.default_bandwidth, settings.default_bandwidth_uses_ratio)
+    return Ledger.open(
+        settings.database_url, migrate=migrate, reservation_ttl=settings.reservation_ttl, defaults=defaults
+    )
 
 
 def refresh_host(ledger: Ledger, settings: Settings, root: Path = Path("/")) -> HostCapacities:

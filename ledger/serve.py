@@ -69,7 +69,6 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
             ledger,
             default_host=settings.host_id,
             max_image_storage=settings.max_image_storage,
-            default_bandwidth_uses_ratio=settings.default_bandwidth_uses_ratio,
             disk_io_burst_multiplier=settings.disk_io_burst_multiplier,
             busy_poll_s=busy_poll_us / 1e6,
             background_idle=lambda: not consumer.applying,

@@ -205,7 +205,7 @@ class EventConsumer:
 
     def _apply_batch(self, deliveries: list[_Delivery]) -> list[Outcome]:
         """Every delivery in one transaction, with the stream position; raises if any one fails."""
-        with self.ledger.batch():
+        with self.ledger.batch(hosts=[d.event.host for d in deliveries if d.event is not None]):
             outcomes = [self._handle(d) for d in deliveries]
             self.ledger.advance_position(self.durable, [d.seq for d in deliveries])
         return outcomes

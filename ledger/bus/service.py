@@ -27,25 +27,26 @@ from ledger import __version__
 from ledger.bus.busy_poll import BusyPoll
 from ledger.bus.protocol import (
     ENDPOINTS,
-    HEADER_CODES,
     PREFIX,
     ValidateRequest,
+    error_reply,
     grant_reply,
     ok,
     parse_request,
-    refusal,
     resource_field,
 )
 from ledger.core.capacity import check_amount
+from ledger.core.charges import Ask
 from ledger.core.errors import InvalidRequest, LedgerError
-from ledger.store.admission import Hold
-from ledger.store.ledger import Ledger
-from ledger.store.results import Grant
+from ledger.core.results import Grant
+from ledger.store.ledger import HostAsk, Ledger
 
 log = logging.getLogger("ledger.service")
 
 SERVICE_NAME = "ledger"
 QUEUE_GROUP = "ledger"
+DEFAULT_STATUS_LIMIT = 1000  # instances per status reply unless `limit` says otherwise (docs/protocol.md)
+REPLY_HEADROOM = 4096  # of the server's max_payload, left for the reply's headers
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -60,7 +61,6 @@ class LedgerService:
         *,
         default_host: str | None,
         max_image_storage: float = 0.2,
-        default_bandwidth_uses_ratio: bool = False,
         disk_io_burst_multiplier: float = 4.0,
         max_inflight: int = 256,
         threads: int = 4,
@@ -72,7 +72,6 @@ class LedgerService:
         self.ledger = ledger
         self.default_host = default_host
         self.max_image_storage = max_image_storage
-        self.uses_ratio = default_bandwidth_uses_ratio
         self.burst = disk_io_burst_multiplier
         self._slots = asyncio.Semaphore(max_inflight)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ledger-db")
@@ -82,7 +81,7 @@ class LedgerService:
         self._service: Service | None = None
         self.max_inflight = max_inflight
         self.max_group = max_group
-        self._backlog: list[tuple[Request, Hold]] = []  # parsed validates waiting for the next group
+        self._backlog: list[tuple[Request, HostAsk]] = []  # parsed validates waiting for the next group
         self._queued = asyncio.Event()  # the backlog is not empty
         self._room = asyncio.Event()  # the backlog is below max_inflight
         self._room.set()
@@ -161,7 +160,7 @@ class LedgerService:
         try:
             hold = self._validate_args(parse_request("validate", request.data))
         except LedgerError as exc:
-            await self._refuse(request, exc)
+            await self._reply(request, error=exc)
             return
         while len(self._backlog) >= self.max_inflight:
             self._room.clear()
@@ -179,38 +178,49 @@ class LedgerService:
         (the SQLite lock taken by the event consumer's batch or another process; a PostgreSQL group or a
         lone request that does not fit) runs on the admission thread.
         """
-        loop = asyncio.get_running_loop()
         while True:
             await self._queued.wait()
             group, self._backlog = self._backlog[: self.max_group], self._backlog[self.max_group :]
             if not self._backlog:
                 self._queued.clear()
             self._room.set()
-            holds = [hold for _, hold in group]
-            outcomes: list[Grant | LedgerError] | None
+            asks = [ask for _, ask in group]
             try:
-                outcomes = self.ledger.try_reserve_many(holds)
-                checked = False
-                if outcomes is None:
-                    outcomes, checked = await self.ledger.try_reserve_many_async(holds)
-                if outcomes is None:
-                    admit = functools.partial(self.ledger.reserve_many, holds, whole_group=not checked)
-                    outcomes = await loop.run_in_executor(self._admission_thread, admit)
-            except LedgerError as exc:
-                outcomes = [exc] * len(group)
-            except Exception:
-                log.exception("validate failed")
-                outcomes = [LedgerError("internal error; see the ledger service's log")] * len(group)
+                outcomes = await self._admit(asks)
+            except Exception:  # one bad ask must not decide its neighbours' answers: each alone
+                log.exception("a group of %d validates failed; admitting each on its own", len(asks))
+                outcomes = [await self._admit_alone(ask) for ask in asks]
             for (request, _), outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, LedgerError):
-                    await self._refuse(request, outcome)
+                    await self._reply(request, error=outcome)
                 else:
-                    with contextlib.suppress(Exception):  # the requester may have gone; nothing to undo
-                        await request.respond(grant_reply(outcome))
+                    await self._reply(request, grant_reply(outcome))
             if not self._backlog:
                 self._idle.set()
                 if len(group) == 1:  # a lone caller is likely waiting to send its next request; with several
                     self._busy_poll.after_reply()  # the loop stays busy, and polling would take their core
+
+    async def _admit(self, asks: list[HostAsk]) -> list[Grant | LedgerError]:
+        """Where a group is admitted (the decision and the rows are the same everywhere): on SQLite right
+        here when the write lock is free; on PostgreSQL in one round trip on the loop's own connection when
+        the host is as this process last saw it; otherwise on the admission thread."""
+        outcomes = self.ledger.try_reserve_many(asks)
+        tried = False
+        if outcomes is None:
+            outcomes, tried = await self.ledger.try_reserve_many_async(asks)
+        if outcomes is None:
+            admit = functools.partial(self.ledger.reserve_many, asks, optimistic=not tried)
+            outcomes = await asyncio.get_running_loop().run_in_executor(self._admission_thread, admit)
+        return outcomes
+
+    async def _admit_alone(self, ask: HostAsk) -> Grant | LedgerError:
+        try:
+            return (await self._admit([ask]))[0]
+        except LedgerError as exc:
+            return exc
+        except Exception:
+            log.exception("validate failed")
+            return LedgerError("internal error; see the ledger service's log")
 
     def _nothing_in_flight(self) -> bool:
         return self._idle.is_set() and not self._inflight and self._background_idle()
@@ -236,25 +246,41 @@ class LedgerService:
                 result = await loop.run_in_executor(self._pool, self._handlers[endpoint], body)
                 reply = ok(result)
             except LedgerError as exc:
-                await self._refuse(request, exc)
+                await self._reply(request, error=exc)
                 return
             except Exception:
                 log.exception("%s failed", endpoint)
-                await self._refuse(request, LedgerError("internal error; see the ledger service's log"))
+                await self._reply(request, error=LedgerError("internal error; see the ledger service's log"))
                 return
-            with contextlib.suppress(Exception):  # the requester may have gone; nothing to undo
-                await request.respond(reply)
+            await self._reply(request, reply, endpoint=endpoint)
         finally:
             self._slots.release()
 
-    @staticmethod
-    async def _refuse(request: Request, error: LedgerError) -> None:
-        with contextlib.suppress(Exception):
-            await request.respond_error(
-                HEADER_CODES.get(error.code, "500"),
-                error.message.replace("\n", " ")[:1024],
-                data=refusal(error),
+    async def _reply(
+        self, request: Request, body: bytes = b"", *, error: LedgerError | None = None, endpoint: str = ""
+    ) -> None:
+        """Send the one reply `request` gets: `body`, or `error` as an error reply. A body the connection
+        cannot carry (over the server's max_payload) becomes an error reply saying how to ask for less."""
+        limit = self.nc.max_payload - REPLY_HEADROOM
+        if error is None and len(body) > limit:
+            hint = (
+                "ask for a page of the allocations with `limit` and `after`"
+                if endpoint == "status"
+                else "ask for less"
             )
+            error = InvalidRequest(
+                f"the reply would be {len(body)} bytes, more than this NATS server carries in one message "
+                f"({self.nc.max_payload} bytes): {hint}",
+                field="limit" if endpoint == "status" else None,
+            )
+        try:
+            if error is None:
+                await request.respond(body)
+            else:
+                code, description, data = error_reply(error)
+                await request.respond_error(code, description, data=data)
+        except Exception as exc:  # the requester may have gone, or NATS with it: nothing to undo
+            log.warning("could not send a reply (%s: %s)", type(exc).__name__, exc)
 
     def _host(self, body: dict[str, Any]) -> str:
         host = body.get("host") or self.default_host
@@ -264,9 +290,9 @@ class LedgerService:
 
     # ---- endpoint bodies (run in the thread pool) ---------------------------------------------
 
-    def _validate_args(self, body: dict[str, Any]) -> Hold:
+    def _validate_args(self, body: dict[str, Any]) -> HostAsk:
         request = ValidateRequest.from_body(body)
-        return self._host(body), request.allocation, request.idempotency_key, request.ttl_seconds
+        return self._host(body), Ask(request.allocation, request.idempotency_key, request.ttl_seconds)
 
     def _release(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.ledger.release(body["reservation_id"]).to_dict()
@@ -276,7 +302,8 @@ class LedgerService:
         resource = resource_field(body)
         if resource is not None:
             return {"host": host, **self.ledger.status(host, resource).to_dict()}
-        return self.ledger.full_status(host, with_allocations=body.get("allocations", True)).to_dict()
+        limit = body.get("limit", DEFAULT_STATUS_LIMIT) if body.get("allocations", True) else 0
+        return self.ledger.full_status(host, limit=limit, after=body.get("after")).to_dict()
 
     def _can_allocate(self, body: dict[str, Any]) -> dict[str, Any]:
         amount = check_amount("amount", body["amount"])
@@ -293,9 +320,7 @@ class LedgerService:
 
     def _defaults(self, body: dict[str, Any]) -> dict[str, Any]:
         host = self._host(body)
-        values = self.ledger.default_bandwidth(
-            host, body["vcpus"], uses_ratio=self.uses_ratio, burst_multiplier=self.burst
-        )
+        values = self.ledger.default_bandwidth(host, body["vcpus"], burst_multiplier=self.burst)
         return {"host": host, "vcpus": body["vcpus"], **values}
 
     def _image_pull_check(self, body: dict[str, Any]) -> dict[str, Any]:

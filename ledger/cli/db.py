@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             engine.dispose()
         head = migrate.head_revision()
-        state = "up to date" if current == head else f"behind (head is {head})"
+        state = "up to date" if current == head else f"behind: head is {head}"
         print(f"{current or 'empty'} ({state})")
         return EXIT_OK
     drift = migrate.check(url)

@@ -9,7 +9,7 @@ from typing import Any
 from ledger.cli.common import EXIT_OK, print_json
 from ledger.cli.remote import via_service
 from ledger.config import Settings
-from ledger.core.capacity import AllocationRequest
+from ledger.core.charges import AllocationRequest
 from ledger.core.units import UnitError, parse_bandwidth, parse_size
 from ledger.local import ensure_host, open_ledger
 
@@ -50,9 +50,24 @@ def register_validate(subcommands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--vcpus", type=_vcpus, required=True, help="vCPUs")
     parser.add_argument("--memory", type=_size, default=0, help="memory size, e.g. 8GiB")
     parser.add_argument("--disk", type=_size, default=0, help="disk size, e.g. 50GB")
-    parser.add_argument("--network-down", type=_bandwidth, default=0, help="download bandwidth, e.g. 1Gbps")
-    parser.add_argument("--network-up", type=_bandwidth, default=0, help="upload bandwidth, e.g. 1Gbps")
-    parser.add_argument("--disk-io", type=_bandwidth, default=0, help="disk I/O bandwidth, e.g. 200MB/s")
+    parser.add_argument(
+        "--network-down",
+        type=_bandwidth,
+        default=None,
+        help="download bandwidth, e.g. 1Gbps (default: the vCPU share of the uplink)",
+    )
+    parser.add_argument(
+        "--network-up",
+        type=_bandwidth,
+        default=None,
+        help="upload bandwidth, e.g. 1Gbps (default: the vCPU share of the uplink)",
+    )
+    parser.add_argument(
+        "--disk-io",
+        type=_bandwidth,
+        default=None,
+        help="disk I/O bandwidth, e.g. 200MB/s (default: the vCPU share of disk I/O)",
+    )
     parser.add_argument("--gpu", action="store_true", help="needs a GPU slot")
     parser.add_argument("--gpu-profile", default=None, help="vGPU profile name")
     parser.add_argument("--host", default=None, help="host id (default: this host)")

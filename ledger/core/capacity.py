@@ -1,14 +1,13 @@
-"""The capacity formula and the admission rules, written once and used by every door."""
+"""The capacity formula, amounts and how refusals word them: written once and used by every door."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ledger.core.errors import InsufficientResources, InvalidRequest
-from ledger.core.resources import ADMISSION_ORDER, DEFAULT_RATIOS, ResourceType, Source
+from ledger.core.resources import DEFAULT_RATIOS, ResourceType, Source
 from ledger.core.units import MAX_AMOUNT, format_bandwidth, format_byte_rate, format_bytes
 
 GIB = 2**30
@@ -83,75 +82,28 @@ class ResourceStatus:
 MAX_VCPUS = 1_000_000
 
 
+def describe_value(value: object, limit: int = 40) -> str:
+    """`value` as a message may quote it: its repr, cut short (a 400-digit number is no help to anyone)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def check_amount(name: str, value: object, *, label: str | None = None) -> int:
     """A whole, non-negative amount within what the schema holds, or InvalidRequest naming the field."""
     label = label or name
     maximum = MAX_VCPUS if name == "vcpus" else MAX_AMOUNT
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"{label} must be a whole number, got {value!r}", field=name)
+        raise InvalidRequest(f"{label} must be a whole number, got {describe_value(value)}", field=name)
     if value < 0:
         raise InvalidRequest(f"{label} cannot be negative, got {value}", field=name)
     if value > maximum:
-        raise InvalidRequest(f"{label} is too large: {value} exceeds {maximum}", field=name)
+        raise InvalidRequest(f"{label} is too large: {describe_value(value)} exceeds {maximum}", field=name)
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class AllocationRequest:
-    """What one instance asks of a host (the seed's ValidateAllocation parameters, plus disk bytes)."""
-
-    vcpus: int = 0
-    memory_bytes: int = 0
-    disk_bytes: int = 0
-    network_download_bps: int = 0
-    network_upload_bps: int = 0
-    disk_io_bps: int = 0
-    needs_gpu: bool = False
-    gpu_profile: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in (
-            "vcpus",
-            "memory_bytes",
-            "disk_bytes",
-            "network_download_bps",
-            "network_upload_bps",
-            "disk_io_bps",
-        ):
-            check_amount(name, getattr(self, name))
-        if not isinstance(self.needs_gpu, bool):
-            raise InvalidRequest(
-                f"needs_gpu must be true or false, got {self.needs_gpu!r}", field="needs_gpu"
-            )
-        if self.gpu_profile is not None and not isinstance(self.gpu_profile, str):
-            raise InvalidRequest("gpu_profile must be a string", field="gpu_profile")
-
-    @property
-    def wants_gpu(self) -> bool:
-        return self.needs_gpu or bool(self.gpu_profile)
-
-    @property
-    def network_bps(self) -> int:
-        """What the request takes of the uplink: max(down, up), since the link is shared."""
-        return max(self.network_download_bps, self.network_upload_bps)
-
-    def demands(self) -> tuple[int, int, int, int, int]:
-        """`demand` of every resource at once, in ResourceType's order (one call for hot paths)."""
-        return self.vcpus, self.memory_bytes, self.disk_bytes, self.network_bps, self.disk_io_bps
-
-    def demand(self, resource: ResourceType) -> int:
-        """How much of `resource` this request takes."""
-        match resource:
-            case ResourceType.CPU:
-                return self.vcpus
-            case ResourceType.MEMORY:
-                return self.memory_bytes
-            case ResourceType.DISK:
-                return self.disk_bytes
-            case ResourceType.NETWORK:
-                return self.network_bps
-            case ResourceType.DISK_IO:
-                return self.disk_io_bps
+def link_share(download_bps: int, upload_bps: int) -> int:
+    """What an instance takes of the uplink: the larger direction, since both share the link."""
+    return download_bps if download_bps >= upload_bps else upload_bps
 
 
 _NAMES = {
@@ -159,7 +111,7 @@ _NAMES = {
     ResourceType.MEMORY: "memory",
     ResourceType.DISK: "disk",
     ResourceType.NETWORK: "network bandwidth",
-    ResourceType.DISK_IO: "disk I/O bandwidth",
+    ResourceType.DISK_IO: "disk I/O",
 }
 
 
@@ -202,67 +154,21 @@ def insufficient(resource: ResourceType, requested: int, status: ResourceStatus)
     )
 
 
-def first_shortfall(
-    request: AllocationRequest, statuses: Mapping[ResourceType, ResourceStatus]
-) -> InsufficientResources | None:
-    """The refusal for the first resource (in the seed's order) that does not fit, or None if all fit."""
-    for resource in ADMISSION_ORDER:
-        wanted = request.demand(resource)
-        if wanted == 0:
-            continue
-        status = statuses[resource]
-        if wanted > status.available:
-            return insufficient(resource, wanted, status)
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class GpuSlots:
-    """How many GPU slots a host has and how many are taken (by instances or held reservations)."""
-
-    mode: str
-    total: int
-    used: int
-    profiles: Mapping[str, int] = field(default_factory=dict)  # vGPU: profile name → instances available
-
-    @property
-    def free(self) -> int:
-        return max(0, self.total - self.used)
-
-
-def gpu_shortfall(request: AllocationRequest, slots: GpuSlots | None) -> InsufficientResources | None:
-    """The refusal when a GPU is wanted and none is free; None otherwise."""
-    if not request.wants_gpu:
-        return None
-    if slots is None or slots.total == 0:
-        return InsufficientResources(
-            "insufficient GPU: this host has no GPU", resource="gpu", requested=1, available=0
-        )
-    if slots.free < 1:
-        return InsufficientResources(
-            f"insufficient GPU: all {slots.total} GPU slots are in use ({slots.mode} mode)",
-            resource="gpu",
-            requested=1,
-            available=0,
-            allocated=slots.used,
-            effective_limit=slots.total,
-        )
-    return None
-
-
 def proportional_share(vcpus: int, cpu_capacity: int, capacity: int, ratio: float = 1.0) -> int:
-    """`vcpus ÷ cpu_capacity` of `capacity` (times `ratio` when the operator asks for the seed's old rule)."""
+    """`vcpus ÷ cpu_capacity` of `capacity` (times `ratio` when the operator asks for the seed's old rule),
+    rounded down to whole bytes and at most what a BIGINT holds."""
     if cpu_capacity <= 0 or vcpus <= 0:
         return 0
-    return int(vcpus * capacity * ratio) // cpu_capacity
+    scaled = vcpus * capacity if ratio == 1.0 else int(vcpus * capacity * ratio)  # exact when it can be
+    return min(scaled // cpu_capacity, MAX_AMOUNT)
 
 
 def check_disk_for_pull(disk_available: int) -> None:
     """An image pull needs at least 5 GiB of disk left to promise (the seed's HasSufficientDiskForPull)."""
     if disk_available < MIN_DISK_FOR_PULL:
         raise InsufficientResources(
-            f"insufficient disk space for image pull: {format_bytes(disk_available)} available, "
-            f"need at least {format_bytes(MIN_DISK_FOR_PULL)}",
+            f"insufficient disk space for image pull: {disk_available} bytes available, "
+            f"minimum {MIN_DISK_FOR_PULL} bytes required",
             resource="disk",
             requested=MIN_DISK_FOR_PULL,
             available=disk_available,
@@ -274,11 +180,13 @@ def max_image_storage_bytes(disk_capacity: int, fraction: float) -> int:
     return int(disk_capacity * fraction)
 
 
-def check_image_storage(current: int, maximum: int) -> None:
-    """Refuse another pull once image storage has reached its cap (the seed's HasSufficientImageStorage)."""
+def check_image_storage(current: int, maximum: int, fraction: float) -> None:
+    """Refuse another pull once image storage (images plus OCI cache) has reached its cap, `fraction` of the
+    disk's capacity (the seed's HasSufficientImageStorage)."""
     if current >= maximum:
         raise InsufficientResources(
-            f"image storage limit exceeded: {format_bytes(current)} used, limit {format_bytes(maximum)}",
+            f"image storage limit exceeded: {current} bytes used, limit is {maximum} bytes "
+            f"({fraction * 100:.0f}% of disk)",
             resource="disk",
             allocated=current,
             effective_limit=maximum,

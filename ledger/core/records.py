@@ -9,6 +9,7 @@ from typing import Any, Self
 from ledger.core.capacity import check_amount
 from ledger.core.errors import InvalidRequest
 from ledger.core.resources import is_active
+from ledger.core.units import MAX_AMOUNT
 
 MAX_ID_LENGTH = 255
 
@@ -36,11 +37,13 @@ def _text(kind: str, name: str, value: Any, *, required: bool) -> str | None:
 
 
 class _Record:
-    """Strict parsing shared by every record: unknown fields are errors, missing amounts are 0."""
+    """Strict parsing shared by every record: unknown fields are errors, missing amounts are 0 (or None for
+    the OPTIONAL_AMOUNTS, whose absence means "not stated")."""
 
     KIND = "record"
     REQUIRED_TEXT: frozenset[str] = frozenset()
     OPTIONAL_TEXT: frozenset[str] = frozenset()
+    OPTIONAL_AMOUNTS: frozenset[str] = frozenset()
 
     @classmethod
     def from_dict(cls, data: Any) -> Self:
@@ -61,6 +64,8 @@ class _Record:
                 values[f.name] = _text(cls.KIND, f.name, raw, required=True)
             elif f.name in cls.OPTIONAL_TEXT:
                 values[f.name] = _text(cls.KIND, f.name, raw, required=False)
+            elif raw is None and f.name in cls.OPTIONAL_AMOUNTS:
+                values[f.name] = None
             else:
                 values[f.name] = _amount(cls.KIND, f.name, 0 if raw is None else raw)
         return cls(**values)
@@ -68,8 +73,11 @@ class _Record:
     def __post_init__(self) -> None:
         # Records built in code (not parsed) get the same amount checks as parsed ones.
         for f in fields(self):  # type: ignore[arg-type]
-            if f.name not in self.REQUIRED_TEXT and f.name not in self.OPTIONAL_TEXT:
-                _amount(self.KIND, f.name, getattr(self, f.name))
+            if f.name in self.REQUIRED_TEXT or f.name in self.OPTIONAL_TEXT:
+                continue
+            value = getattr(self, f.name)
+            if value is not None or f.name not in self.OPTIONAL_AMOUNTS:
+                _amount(self.KIND, f.name, value)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
@@ -77,11 +85,16 @@ class _Record:
 
 @dataclass(frozen=True, slots=True)
 class InstanceRecord(_Record):
-    """The seed's InstanceAllocation in snake_case, plus the GPU it holds and the reservation it consumes."""
+    """The seed's InstanceAllocation in snake_case, plus the GPU it holds and the reservation it consumes.
+
+    A bandwidth left out (None) is charged the default (`core.admission.DefaultBandwidth`); `gpu` names the
+    GPU (profile or device) the instance holds, and an empty name means none.
+    """
 
     KIND = "instance"
     REQUIRED_TEXT = frozenset({"id", "state"})
     OPTIONAL_TEXT = frozenset({"name", "gpu", "reservation_id"})
+    OPTIONAL_AMOUNTS = frozenset({"network_download_bps", "network_upload_bps", "disk_io_bps"})
 
     id: str
     state: str
@@ -91,15 +104,32 @@ class InstanceRecord(_Record):
     overlay_bytes: int = 0
     volume_overlay_bytes: int = 0
     volume_bytes: int = 0  # attached volumes' base size, for per-instance reporting only
-    network_download_bps: int = 0
-    network_upload_bps: int = 0
-    disk_io_bps: int = 0
+    network_download_bps: int | None = None
+    network_upload_bps: int | None = None
+    disk_io_bps: int | None = None
     gpu: str | None = None
     reservation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _Record.__post_init__(self)
+        if self.gpu == "":  # one meaning everywhere: no GPU
+            object.__setattr__(self, "gpu", None)
+        disk = self.overlay_bytes + self.volume_overlay_bytes + self.volume_bytes
+        if disk > MAX_AMOUNT:  # the instance's disk in reports adds these up
+            raise InvalidRequest(
+                f"instance.overlay_bytes + volume_overlay_bytes + volume_bytes is {disk}, beyond the largest "
+                f"amount the ledger holds ({MAX_AMOUNT})",
+                field="overlay_bytes",
+            )
 
     @property
     def active(self) -> bool:
         return is_active(self.state)
+
+    @property
+    def gpu_slots(self) -> int:
+        """The GPU slots the instance holds while active."""
+        return 1 if self.gpu else 0
 
 
 @dataclass(frozen=True, slots=True)

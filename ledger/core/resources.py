@@ -16,6 +16,9 @@ class ResourceType(enum.StrEnum):
     DISK_IO = "disk_io"
 
 
+# Every resource in one fixed order: per-resource tuples (running totals, charges) are laid out this way.
+RESOURCES: tuple[ResourceType, ...] = tuple(ResourceType)
+
 # The order in which validate checks resources and reports the first that does not fit (the seed's order,
 # with disk bytes last because the seed did not check them at all).
 ADMISSION_ORDER: tuple[ResourceType, ...] = (
@@ -44,14 +47,6 @@ DEFAULT_RATIOS: dict[ResourceType, float] = {
     ResourceType.DISK: 1.0,
     ResourceType.NETWORK: 2.0,
     ResourceType.DISK_IO: 2.0,
-}
-
-UNITS: dict[ResourceType, str] = {
-    ResourceType.CPU: "vCPUs",
-    ResourceType.MEMORY: "bytes",
-    ResourceType.DISK: "bytes",
-    ResourceType.NETWORK: "bytes/s",
-    ResourceType.DISK_IO: "bytes/s",
 }
 
 # States whose instances hold resources. Only the seed's known resting states release them; `Unknown`, and any

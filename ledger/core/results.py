@@ -1,4 +1,4 @@
-"""What the ledger's operations return: plain frozen data with a JSON shape."""
+"""What the ledger's operations return: plain frozen data with a JSON shape, shared by every door."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ledger.core.capacity import ResourceStatus
+from ledger.core.charges import Charge
 from ledger.core.resources import ResourceType
 
 # a reservation's status
@@ -22,6 +23,7 @@ class Grant:
     status: str
     expires_at: datetime
     idempotency_key: str | None
+    charge: Charge  # what the hold takes, bandwidth defaults filled in
     replayed: bool = False  # True when an earlier call with the same key granted it
 
     def to_dict(self) -> dict[str, Any]:
@@ -33,6 +35,8 @@ class Grant:
             "expires_at": self.expires_at.isoformat(),
             "idempotency_key": self.idempotency_key,
             "replayed": self.replayed,
+            "charged": self.charge.to_dict(),
+            "defaulted": list(self.charge.defaulted),
         }
 
 
@@ -106,13 +110,19 @@ class AllocationBreakdown:
 
 @dataclass(frozen=True, slots=True)
 class FullStatus:
-    """The seed's FullResourceStatus, plus the host id and `pending` in every resource."""
+    """The seed's FullResourceStatus, plus the host id and `pending` in every resource.
+
+    `allocations` is one page of the active instances, in instance id order: `allocations_total` says how
+    many there are, and `allocations_next` is the id to pass as `after` for the next page (None: the last).
+    """
 
     host_id: str
     resources: dict[ResourceType, ResourceStatus]
     disk_breakdown: DiskBreakdown
     gpu: dict[str, Any] | None
     allocations: list[AllocationBreakdown] = field(default_factory=list)
+    allocations_total: int = 0
+    allocations_next: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"host": self.host_id}
@@ -122,6 +132,8 @@ class FullStatus:
         if self.gpu is not None:
             data["gpu"] = self.gpu
         data["allocations"] = [a.to_dict() for a in self.allocations]
+        data["allocations_total"] = self.allocations_total
+        data["allocations_next"] = self.allocations_next
         return data
 
 

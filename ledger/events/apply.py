@@ -4,9 +4,9 @@ redelivery is a no-op and versioned so a stale or reordered event is ignored."""
 from __future__ import annotations
 
 from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
+from ledger.core.results import ApplyResult
 from ledger.events.contract import Event
 from ledger.store.ledger import EventMark, Ledger
-from ledger.store.results import ApplyResult
 
 
 def apply_event(ledger: Ledger, event: Event, stream_seq: int | None = None) -> ApplyResult:

@@ -7,20 +7,19 @@ docs/events/*.schema.json state it in JSON Schema; tests/events holds the schema
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from ledger.core.errors import InvalidRequest
 from ledger.core.gpu import PASSTHROUGH, VGPU, GPUProfile, GPUStatus, PassthroughDevice
 from ledger.core.records import MAX_ID_LENGTH, ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
 from ledger.core.resources import DELETED_STATE, HOST_ID_FORBIDDEN, Capacity, ResourceType, Source
+from ledger.core.strict_json import InvalidJSON, check_strings, loads
 from ledger.core.units import MAX_AMOUNT
 
 CONTRACT_VERSION = 1
@@ -147,26 +146,11 @@ def parse_event(payload: bytes, subject: str | None = None) -> Event:
     When `subject` is given it must be the one `subject_for` derives from the envelope, so a consumer
     filtering by subject never applies an event that claims another host or type.
     """
-    if len(payload) > MAX_EVENT_BYTES:
-        raise InvalidEvent(f"event is {len(payload)} bytes, over the limit of {MAX_EVENT_BYTES} bytes")
     try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent(f"event is not UTF-8: invalid byte at offset {exc.start}") from None
-    try:
-        value = json.loads(
-            text,
-            parse_float=_json_number,
-            parse_constant=_json_constant,
-            object_pairs_hook=_json_object,
-        )
-    except json.JSONDecodeError as exc:
-        raise InvalidEvent(f"event is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except ValueError as exc:  # our hooks, and integers longer than Python will parse
-        raise InvalidEvent(f"event is not JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidEvent("event is not JSON: nested too deeply") from None
-    event = parse_envelope(value)
+        value = loads(payload, max_bytes=MAX_EVENT_BYTES, integral_floats=True, name="event", prefix="event.")
+    except InvalidJSON as exc:
+        raise _invalid(exc) from None
+    event = _parse_envelope(value)  # loads has checked every string
     if subject is not None:
         expected = subject_for(event.host, event.type)
         if subject != expected:
@@ -178,7 +162,20 @@ def parse_event(payload: bytes, subject: str | None = None) -> Event:
 
 
 def parse_envelope(value: Any) -> Event:
-    """The event in an already decoded JSON value (what `parse_event` does after decoding)."""
+    """The event in a JSON value built in Python (a publisher's, `make_event`'s): the checks `parse_event`
+    makes after decoding, with every string held to what `loads` would accept."""
+    try:
+        check_strings(value, name="event", prefix="event.")
+    except InvalidJSON as exc:
+        raise _invalid(exc) from None
+    return _parse_envelope(value)
+
+
+def _invalid(error: InvalidJSON) -> InvalidEvent:
+    return InvalidEvent(error.message, **({} if error.field is None else {"field": error.field}))
+
+
+def _parse_envelope(value: Any) -> Event:
     if not isinstance(value, Mapping):
         raise InvalidEvent(f"event must be a JSON object, got {_json_type(value)}")
     unknown = sorted(set(value) - set(ENVELOPE_FIELDS))
@@ -449,28 +446,3 @@ def _boolean(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidEvent(f"event.{where} must be true or false, got {_json_type(value)}", field=where)
     return value
-
-
-def _json_number(text: str) -> int | float:
-    """JSON has one number type: like JSON Schema, read `4.0` and `1e3` as the integers they are."""
-    number = Decimal(text)
-    if abs(number) <= MAX_AMOUNT and number == number.to_integral_value():
-        return int(number)
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text} is out of range")
-    return value
-
-
-def _json_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Reject a repeated key: which copy a reader keeps differs between JSON libraries."""
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"key {key!r} appears twice in one object")
-        obj[key] = value
-    return obj

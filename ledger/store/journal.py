@@ -1,4 +1,5 @@
-"""Dead letters (events that could not be applied) and the consumer's position as the database records it."""
+"""The event journal: which events were applied (so a redelivery is a no-op), dead letters (events that
+could not be applied), and the consumer's position in its stream as the database records it."""
 
 from __future__ import annotations
 
@@ -8,14 +9,57 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql
 
 from ledger.store.models import ConsumerPosition, DeadLetter, ProcessedEvent, utcnow
+from ledger.store.tx import Tx
 
 dead_letters = cast(Table, DeadLetter.__table__)
 processed_events = cast(Table, ProcessedEvent.__table__)
 positions = cast(Table, ConsumerPosition.__table__)
+
+_select_event = select(processed_events.c.event_id).where(
+    processed_events.c.event_id == bindparam("event_id")
+)
+_insert_event = insert(processed_events)
+
+
+@dataclass(frozen=True, slots=True)
+class EventMark:
+    """The event a write comes from: recorded in the same transaction so a redelivery is a no-op."""
+
+    event_id: str
+    event_type: str
+    stream_seq: int | None = None
+
+
+def seen(tx: Tx, event: EventMark | None) -> bool:
+    """Whether the event was already applied (or found stale) by this database."""
+    if event is None:
+        return False
+    assert tx.conn is not None
+    return tx.conn.execute(_select_event, {"event_id": event.event_id}).first() is not None
+
+
+def mark(tx: Tx, event: EventMark | None, host_id: str, entity_id: str, version: int, outcome: str) -> None:
+    """Record the event as handled, with what it did, in the transaction that did it."""
+    if event is None:
+        return
+    assert tx.conn is not None
+    tx.conn.execute(
+        _insert_event,
+        {
+            "event_id": event.event_id,
+            "host_id": host_id,
+            "stream_seq": event.stream_seq,
+            "event_type": event.event_type,
+            "entity_id": entity_id,
+            "version": version,
+            "outcome": outcome,
+            "processed_at": tx.clock(),
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,9 @@ class Host(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Bumped whenever capacities or ratios change, so processes may cache them between transactions.
     capacity_version: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped by every transaction that changes the row: a process that read it at revision n knows its
+    # totals are still the ones it read while the revision is still n (see store/admission.py).
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
     # The version of the last host.capacity event applied (None when registered locally).
     reported_version: Mapped[int | None] = mapped_column(BigInteger)
     # No held reservation expires before this (a lower bound): admission skips the expiry sweep until then.
@@ -136,11 +139,18 @@ class Instance(Base):
     overlay_bytes: Mapped[int] = mapped_column(Amount, default=0)
     volume_overlay_bytes: Mapped[int] = mapped_column(Amount, default=0)
     volume_bytes: Mapped[int] = mapped_column(Amount, default=0)
-    network_download_bps: Mapped[int] = mapped_column(Amount, default=0)
+    network_download_bps: Mapped[int] = mapped_column(Amount, default=0)  # as charged (defaults filled in)
     network_upload_bps: Mapped[int] = mapped_column(Amount, default=0)
+    network_bps: Mapped[int] = mapped_column(
+        Amount, default=0
+    )  # what it takes of the uplink (core.link_share)
     disk_io_bps: Mapped[int] = mapped_column(Amount, default=0)
     gpu: Mapped[str | None] = mapped_column(String(255))
+    gpu_slots: Mapped[int] = mapped_column(Integer, default=0)  # the GPU slots it holds while active
     reservation_id: Mapped[str | None] = mapped_column(String(64))
+    # the bandwidths the record left unstated (comma-separated), charged the default: charged again when
+    # the host's capacities change, so the totals do not depend on which arrived first
+    defaulted: Mapped[str] = mapped_column(String(64), default="")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     __table_args__ = (Index(None, "host_id", "active"),)
@@ -198,11 +208,17 @@ class Reservation(Base):
     vcpus: Mapped[int] = mapped_column(Integer, default=0)
     memory_bytes: Mapped[int] = mapped_column(Amount, default=0)
     disk_bytes: Mapped[int] = mapped_column(Amount, default=0)
-    network_download_bps: Mapped[int] = mapped_column(Amount, default=0)
+    network_download_bps: Mapped[int] = mapped_column(Amount, default=0)  # as charged (defaults filled in)
     network_upload_bps: Mapped[int] = mapped_column(Amount, default=0)
+    network_bps: Mapped[int] = mapped_column(
+        Amount, default=0
+    )  # what it takes of the uplink (core.link_share)
     disk_io_bps: Mapped[int] = mapped_column(Amount, default=0)
     gpu: Mapped[int] = mapped_column(Integer, default=0)
     gpu_profile: Mapped[str | None] = mapped_column(String(255))
+    # the bandwidths the request left unstated (comma-separated), charged the default: a retry with the
+    # same key must leave the same ones unstated
+    defaulted: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

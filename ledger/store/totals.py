@@ -1,19 +1,25 @@
-"""The running totals a host row keeps (one column per resource and bucket), shared by the ledger and
-group admission."""
+"""The running totals a host row keeps (one column per resource and bucket), and what each entity adds.
+
+`allocated` is what active instances, volumes, images and the OCI cache hold; `pending` what held
+reservations hold. The `ledger_drift` view recomputes every column from the rows.
+"""
 
 from __future__ import annotations
 
-from ledger.core.resources import ResourceType
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
-ALLOC_COLUMNS = {
+from ledger.core.resources import RESOURCES, ResourceType
+
+ALLOC_COLUMNS: Final = {
     ResourceType.CPU: ("alloc_cpu",),
     ResourceType.MEMORY: ("alloc_memory",),
     ResourceType.NETWORK: ("alloc_network",),
     ResourceType.DISK_IO: ("alloc_disk_io",),
     ResourceType.DISK: ("images_bytes", "oci_cache_bytes", "volumes_bytes", "overlays_bytes"),
 }
-PEND_COLUMN = {r: f"pend_{r.value}" for r in ResourceType}  # what held reservations take
-TOTAL_COLUMNS = (
+PEND_COLUMN: Final = {r: f"pend_{r.value}" for r in ResourceType}  # what held reservations take
+TOTAL_COLUMNS: Final = (
     "alloc_cpu",
     "alloc_memory",
     "alloc_network",
@@ -23,6 +29,65 @@ TOTAL_COLUMNS = (
     "oci_cache_bytes",
     "volumes_bytes",
     "overlays_bytes",
-    *(PEND_COLUMN[r] for r in ResourceType),
+    *(PEND_COLUMN[r] for r in RESOURCES),
     "pend_gpu",
 )
+# per history column (cpu, memory, disk, network, disk I/O, GPU): the totals it adds up, in both buckets
+RESOURCE_PARTS: Final = (
+    ("alloc_cpu", "pend_cpu"),
+    ("alloc_memory", "pend_memory"),
+    (*ALLOC_COLUMNS[ResourceType.DISK], "pend_disk"),
+    ("alloc_network", "pend_network"),
+    ("alloc_disk_io", "pend_disk_io"),
+    ("alloc_gpu", "pend_gpu"),
+)
+
+Totals = dict[str, int]
+RowLike = Mapping[Any, Any]  # a row by column name (a dict or SQLAlchemy's RowMapping)
+
+
+def allocated(totals: Mapping[str, int]) -> tuple[int, ...]:
+    """What active entities hold of each resource, in RESOURCES order."""
+    return tuple(sum(totals[c] for c in ALLOC_COLUMNS[r]) for r in RESOURCES)
+
+
+def pending(totals: Mapping[str, int]) -> tuple[int, ...]:
+    """What held reservations hold of each resource, in RESOURCES order."""
+    return tuple(totals[PEND_COLUMN[r]] for r in RESOURCES)
+
+
+def pending_delta(before: Sequence[int], after: Sequence[int], gpu: int) -> Totals:
+    """The change from `before` to `after` pending amounts (RESOURCES order), plus `gpu` slots."""
+    delta = {PEND_COLUMN[r]: new - old for r, old, new in zip(RESOURCES, before, after, strict=True)}
+    delta["pend_gpu"] = gpu
+    return {column: change for column, change in delta.items() if change}
+
+
+def instance_usage(row: RowLike | None) -> Totals:
+    """What an instance row adds to its host's allocated totals (nothing unless active and not deleted)."""
+    if row is None or not row["active"] or row["deleted"]:
+        return {}
+    return {
+        "alloc_cpu": row["vcpus"],
+        "alloc_memory": row["memory_bytes"],
+        "alloc_network": row["network_bps"],
+        "alloc_disk_io": row["disk_io_bps"],
+        "alloc_gpu": row["gpu_slots"],
+        "overlays_bytes": row["overlay_bytes"] + row["volume_overlay_bytes"],
+    }
+
+
+def sized_usage(column: str, size: str = "size_bytes") -> Any:
+    """What a volume or image row (or the OCI cache's, with `size` total_bytes) adds to `column`."""
+
+    def usage(row: RowLike | None) -> Totals:
+        if row is None or row.get("deleted"):
+            return {}
+        return {column: row[size]}
+
+    return usage
+
+
+def difference(new: Mapping[str, int], old: Mapping[str, int]) -> Totals:
+    keys = set(new) | set(old)
+    return {k: new.get(k, 0) - old.get(k, 0) for k in keys if new.get(k, 0) != old.get(k, 0)}

@@ -143,3 +143,71 @@ def views_v1(dialect: str) -> list[tuple[str, str]]:
         ("allocation_history", _ALLOCATION_HISTORY_V1),
         ("ledger_drift", _drift_v1()),
     ]
+
+
+# ---- version 2: charges computed once, in core, and stored with each row -----------------------------
+# Instances and reservations store what they take of the uplink (`network_bps`, core's link_share) and an
+# instance the GPU slots it holds (`gpu_slots`): the views add those up instead of restating the rules.
+
+_USAGE_V2 = """
+WITH inst AS (
+    SELECT host_id,
+           CAST(SUM(vcpus) AS BIGINT) AS cpu,
+           CAST(SUM(memory_bytes) AS BIGINT) AS memory,
+           CAST(SUM(network_bps) AS BIGINT) AS network,
+           CAST(SUM(disk_io_bps) AS BIGINT) AS disk_io,
+           CAST(SUM(overlay_bytes + volume_overlay_bytes) AS BIGINT) AS overlays,
+           CAST(SUM(gpu_slots) AS BIGINT) AS gpu
+    FROM instances WHERE active AND NOT deleted GROUP BY host_id
+), vol AS (
+    SELECT host_id, CAST(SUM(size_bytes) AS BIGINT) AS bytes FROM volumes WHERE NOT deleted GROUP BY host_id
+), img AS (
+    SELECT host_id, CAST(SUM(size_bytes) AS BIGINT) AS bytes FROM images WHERE NOT deleted GROUP BY host_id
+), held AS (
+    SELECT host_id,
+           CAST(SUM(vcpus) AS BIGINT) AS cpu,
+           CAST(SUM(memory_bytes) AS BIGINT) AS memory,
+           CAST(SUM(disk_bytes) AS BIGINT) AS disk,
+           CAST(SUM(network_bps) AS BIGINT) AS network,
+           CAST(SUM(disk_io_bps) AS BIGINT) AS disk_io, CAST(SUM(gpu) AS BIGINT) AS gpu
+    FROM reservations WHERE status = 'held' AND {held_filter} GROUP BY host_id
+)
+""" + _USAGE_V1[_USAGE_V1.index("SELECT h.host_id,") :]
+
+
+def available_sql(limit: str, allocated: str, pending: str) -> str:
+    """`core.capacity.available` in SQL: what is left to promise, never negative
+    (`max(0, limit − allocated − pending)`); tests hold the two equal on both engines."""
+    left = f"{limit} - {allocated} - {pending}"
+    return f"CASE WHEN {left} > 0 THEN {left} ELSE 0 END"
+
+
+_RESOURCE_STATUS_V2 = """
+SELECT c.host_id, c.resource, c.capacity, c.effective_limit, s.allocated, s.pending,
+       {available} AS available,
+       c.oversub_ratio, c.source
+FROM capacities c
+JOIN (
+    SELECT c.host_id, c.resource, {allocated} AS allocated, {pending} AS pending
+    FROM capacities c JOIN ledger_usage u ON u.host_id = c.host_id
+) s ON s.host_id = c.host_id AND s.resource = c.resource
+"""
+
+
+def views_v2(dialect: str) -> list[tuple[str, str]]:
+    """(name, SELECT) in creation order for schema version 2."""
+    now = _NOW[dialect]
+    status = _RESOURCE_STATUS_V2.format(
+        available=available_sql("c.effective_limit", "s.allocated", "s.pending"),
+        allocated=_PER_RESOURCE.format(p=""),
+        pending=_PER_RESOURCE.format(p="pend_"),
+    )
+    return [
+        ("ledger_usage", _USAGE_V2.format(held_filter=f"expires_at > {now}")),
+        ("ledger_audit", _USAGE_V2.format(held_filter="1 = 1")),
+        ("resource_status", status),
+        ("instance_allocations", _INSTANCE_ALLOCATIONS_V1),
+        ("disk_breakdown", _DISK_BREAKDOWN_V1),
+        ("allocation_history", _ALLOCATION_HISTORY_V1),
+        ("ledger_drift", _drift_v1()),
+    ]

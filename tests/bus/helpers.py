@@ -18,8 +18,10 @@ from sqlalchemy import func, select, text
 from ledger.events import make_event, parse_event, subject_for
 from ledger.events.apply import apply_event
 from ledger.store import migrate
-from ledger.store.ledger import Ledger, capacities, hosts, images, instances, oci_cache, processed_events
-from ledger.store.ledger import volumes as volumes_table
+from ledger.store.journal import processed_events
+from ledger.store.ledger import Ledger
+from ledger.store.sql import capacities, hosts, images, instances, oci_cache
+from ledger.store.sql import volumes as volumes_table
 
 GB, GIB = 10**9, 2**30
 Envelope = dict[str, Any]
@@ -165,7 +167,8 @@ def replay(envelopes: Iterable[Envelope], url: str) -> Ledger:
     return ledger
 
 
-_VOLATILE = {"created_at", "updated_at", "processed_at", "next_expiry"}
+# times, and the host row's revision (it counts the transactions that wrote the row, not what they wrote)
+_VOLATILE = {"created_at", "updated_at", "processed_at", "next_expiry", "revision"}
 
 
 _TOMBSTONE_KEYS = {"host_id", "instance_id", "volume_id", "image_id", "deleted", "active", "version"}

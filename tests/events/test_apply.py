@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from ledger.core.capacity import AllocationRequest
+from ledger.core.charges import AllocationRequest
 from ledger.core.resources import ResourceType, Source
+from ledger.core.results import ApplyResult
 from ledger.events import make_event, parse_event, subject_for
 from ledger.events.apply import apply_event
 from ledger.store.ledger import Ledger
-from ledger.store.results import ApplyResult
 
 GB, GIB = 10**9, 2**30
 CAPACITY = {
@@ -110,12 +110,14 @@ def test_a_lifecycle_of_instances_volumes_and_images_gives_the_full_status(
 
     assert outcomes == ["applied"] * len(LIFECYCLE)
     status = ledger.full_status(host_id)
+    # b states no bandwidth: it is charged its share of the host's 16 vCPUs (2/16) of each capacity
+    b_network, b_disk_io = 1_250_000_000 * 2 // 16, 1_000_000_000 * 2 // 16
     assert allocated(ledger, host_id) == {
         "cpu": 2 + 4,
         "memory": (4 + 16) * GIB,
         "disk": GB + 5 * GB + 200 * GB + (5 * GB + GB) + 20 * GB,
-        "network": 100_000_000,
-        "disk_io": 200_000_000,
+        "network": 100_000_000 + b_network,
+        "disk_io": 200_000_000 + b_disk_io,
     }
     assert status.disk_breakdown.to_dict() == {
         "images_bytes": GB,
@@ -203,7 +205,7 @@ def test_host_capacity_registers_a_remote_host(ledger: Ledger, host_id: str) -> 
     event = make_event("host.capacity", host_id, {**CAPACITY, "gpu": gpu, "ratios": {"memory": 1.5}}, 9)
 
     assert deliver(ledger, event) == ApplyResult("applied", host_id, 9)
-    assert ledger.has_host(host_id)
+    assert host_id in ledger.host_ids()
     status = ledger.full_status(host_id)
     memory = status.resources[ResourceType.MEMORY]
     assert (memory.capacity, memory.oversub_ratio, memory.effective_limit) == (64 * GIB, 1.5, 96 * GIB)

@@ -197,10 +197,22 @@ def test_an_oversized_payload_is_refused_before_it_is_read() -> None:
         (b'{"id": "\xff"}', "event is not UTF-8: invalid byte at offset 8"),
         (b"", "event is not JSON: Expecting value at line 1 column 1"),
         (b'{"id": ', "event is not JSON: Expecting value at line 1 column 8"),
-        (b'{"version": NaN}', "event is not JSON: NaN is not a JSON value"),
-        (b'{"version": 1e400}', "event is not JSON: number 1e400 is out of range"),
+        (b'{"version": NaN}', "event is not JSON: NaN is not a JSON value (event.version)"),
+        (b'{"version": 1e400}', "event.version is out of range: 1e400 is beyond the largest 64-bit float"),
+        (
+            b'{"version": 1e1000000}',
+            "event.version is out of range: 1e1000000 is beyond the largest 64-bit float",
+        ),
+        (
+            b'{"version": 1' + b"0" * 40 + b"}",
+            "event.version is an integer of 41 digits; at most 30 are accepted",
+        ),
         (b'{"id": "a", "id": "b"}', "event is not JSON: key 'id' appears twice in one object"),
-        (b"[" * 100_000, "event is not JSON: nested too deeply"),
+        (
+            b'{"data": {"id": "a", "id": "b"}}',
+            "event is not JSON: key 'id' appears twice in one object (event.data)",
+        ),
+        (b"[" * 100_000, "event is not JSON: nested more than 32 levels deep"),
         (b"[]", "event must be a JSON object, got array"),
         (b'"event"', "event must be a JSON object, got string"),
     ],
@@ -376,6 +388,68 @@ def test_invalid_events_are_invalid_requests_with_the_field() -> None:
     assert caught.value.details == {"field": "data.vcpus"}
 
 
+def _with_text(path: tuple[str | int, ...], text: str) -> dict[str, Any]:
+    """The host.capacity or instance envelope with the string at `path` replaced."""
+    event = copy.deepcopy(envelope("host.capacity" if len(path) > 2 else "instance.started"))
+    container: Any = event
+    for step in path[:-1]:
+        container = container[step]
+    container[path[-1]] = text
+    return event
+
+
+UNFIT_TEXT: list[tuple[tuple[str | int, ...], str]] = [
+    (("id",), "evt-1"),
+    (("host",), "h1"),
+    (("data", "id"), "inst-1"),
+    (("data", "name"), "web-1"),
+    (("data", "state"), "Running"),
+    (("data", "gpu"), "NVIDIA H100-20C"),
+    (("data", "reservation_id"), "5b0c"),
+    (("data", "gpu", "devices", 0, "name"), "NVIDIA H200"),
+]
+
+
+@pytest.mark.parametrize(("path", "good"), UNFIT_TEXT)
+@pytest.mark.parametrize(("bad", "says"), [("\x00", "a NUL character"), ("\ud800", "an unpaired surrogate")])
+def test_nul_or_an_unpaired_surrogate_anywhere_is_refused_naming_the_field(
+    path: tuple[str | int, ...], good: str, bad: str, says: str
+) -> None:
+    """PostgreSQL text cannot hold NUL and no UTF-8 encoder can write a surrogate: refused on every
+    engine alike, from the wire and from make_event."""
+    field = ".".join(str(p) for p in path).replace(".0.", "[0].")
+    event = _with_text(path, f"{good[:2]}{bad}{good[2:]}")
+    payload = json.dumps(event).encode()  # a surrogate as the escape \ud800, NUL as \u0000
+    expected = f"event.{field} contains {says}"
+
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(payload)
+    assert caught.value.reason.startswith(expected)
+    assert caught.value.details == {"field": field}
+    with pytest.raises(InvalidEvent) as built:
+        make_event(event["type"], event["host"], event["data"], 7, id=event["id"], time=T0)
+    assert built.value.reason == caught.value.reason
+    caught.value.reason.encode("utf-8")
+    assert "\x00" not in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"id": "a\\u0000b"}', "event.id contains a NUL character (\\u0000)"),
+        (b'{"data": {"a\\udfffb": 1}}', "event.data has a key that contains an unpaired surrogate (\\udfff)"),
+        (b'{"data": {"name": "\\udc00\\ud800"}}', "event.data.name contains an unpaired surrogate (\\udc00)"),
+    ],
+)
+def test_unfit_text_is_refused_before_any_field_check(payload: bytes, reason: str) -> None:
+    assert reason_for(payload).startswith(reason)
+
+
+def test_a_paired_surrogate_escape_is_one_character_and_accepted() -> None:
+    event = parse_event(encode(envelope(data=_data("instance", name="web \U0001f600"))))
+    assert event.data["name"] == "web \U0001f600"
+
+
 @pytest.mark.parametrize(
     "subject",
     ["ledger.events.h2.instance.started", "ledger.events.h1.instance.stopped", "ledger.events.h1", "other"],
@@ -535,6 +609,27 @@ def _slots(value: Any, found: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     return found
 
 
+def _holds_nul(value: Any) -> bool:
+    """NUL in a key or string: valid JSON Schema text, but PostgreSQL text cannot hold it (docs/events.md)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    return isinstance(value, list) and any(_holds_nul(v) for v in value)
+
+
+def _instance_disk_fits(event: dict[str, Any]) -> bool:
+    """The other rule a JSON Schema cannot express (docs/events.md): an instance's overlay, volume overlay
+    and volume bytes add up to at most 2⁶³−1, as its disk in reports is their sum."""
+    data = event.get("data")
+    if not str(event.get("type", "")).startswith("instance.") or not isinstance(data, dict):
+        return True
+    parts = [data.get(k, 0) for k in ("overlay_bytes", "volume_overlay_bytes", "volume_bytes")]
+    if not all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
+        return True  # the schema refuses it anyway
+    return sum(parts) <= MAX_AMOUNT
+
+
 def _is_real_date(event: dict[str, Any]) -> bool:
     """The one check docs/events.md says a JSON Schema cannot express: the time names a real instant."""
     try:
@@ -564,7 +659,7 @@ def test_schemas_and_parser_agree_on_near_valid_events(event_type: str, data: st
 
     kind = event.get("type")
     valid = isinstance(kind, str) and kind in EVENT_TYPES and schema(kind).is_valid(event)
-    expected = valid and _is_real_date(event)
+    expected = valid and _is_real_date(event) and not _holds_nul(event) and _instance_disk_fits(event)
     try:
         parse_event(payload)
         accepted = True

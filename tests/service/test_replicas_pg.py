@@ -156,7 +156,7 @@ def test_first_position_written_by_two_replicas_at_once(pg_database_factory: Any
     """What two replicas' EventConsumer.start do on a fresh PostgreSQL, in the order that loses."""
     import threading
 
-    from ledger.store import deadletters, migrate
+    from ledger.store import journal, migrate
 
     url: str = pg_database_factory()
     migrate.upgrade(url)
@@ -164,13 +164,13 @@ def test_first_position_written_by_two_replicas_at_once(pg_database_factory: Any
     try:
         first = ledger.engine.connect()
         first.begin()
-        deadletters.advance(first, "ledger", [], 0)  # replica 1: inserts, not yet committed
+        journal.advance(first, "ledger", [], 0)  # replica 1: inserts, not yet committed
         errors: list[BaseException] = []
 
         def second() -> None:  # replica 2: sees no row, inserts, waits on replica 1's key
             try:
                 with ledger.engine.begin() as conn:
-                    deadletters.advance(conn, "ledger", [], 0)
+                    journal.advance(conn, "ledger", [], 0)
             except BaseException as exc:
                 errors.append(exc)
 

@@ -1,7 +1,8 @@
-"""Group admission (`Ledger.reserve_many`, ledger/store/admission.py) must decide exactly what `reserve`
+"""Admitting a group (`Ledger.reserve_many`, as the service calls it) must decide exactly what `reserve`
 called once per request decides: the same grants and refusals with the same messages, the same totals,
-the same rows, no drift. Checked on both engines with random groups, then the lock behaviour of
-`try_reserve_many`."""
+the same rows, no drift. Checked on both engines with random groups; then where a group runs (SQLite on
+the event loop when the lock is free; PostgreSQL's one-round-trip strategy) and what happens when that
+goes wrong."""
 
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from ledger.core.capacity import AllocationRequest
+from ledger.core.charges import AllocationRequest, Ask
 from ledger.core.errors import LedgerError, Unavailable
 from ledger.core.gpu import GPUProfile, GPUStatus
 from ledger.core.resources import ResourceType
-from ledger.store.admission import Hold, binder
-from ledger.store.ledger import Ledger, allocation_log, reservations
-from ledger.store.results import Grant
+from ledger.core.results import Grant
+from ledger.store.ledger import HostAsk, Ledger
+from ledger.store.sql import allocation_log, binder, reservations
 from tests.conftest import capacities
 
 GIB = 2**30
@@ -35,9 +36,6 @@ GPU = GPUStatus(
     used_slots=0,
     profiles=(GPUProfile(name="A16-4Q", type_id="nvidia-1", framebuffer_mb=4096, available=2),),
 )
-
-
-FAST_GROUPS: list[int] = []  # per example: host groups the group path decided (not the reference)
 
 
 class Clock:
@@ -53,12 +51,11 @@ requests = st.builds(
     vcpus=st.integers(0, 5),
     memory_bytes=st.sampled_from([0, GIB // 2, GIB, 3 * GIB]),
     disk_bytes=st.sampled_from([0, 10**9, 200 * 10**9]),
-    network_download_bps=st.sampled_from([0, 10**6, 400 * 10**6]),
-    network_upload_bps=st.sampled_from([0, 10**6]),
-    disk_io_bps=st.sampled_from([0, 10**8]),
-    # GPU requests are rare (a group with one goes the reference way)
-    needs_gpu=st.sampled_from([False] * 29 + [True]),
-    gpu_profile=st.sampled_from([None] * 38 + ["A16-4Q", "no-such-profile"]),
+    network_download_bps=st.sampled_from([None, 0, 10**6, 400 * 10**6]),  # None: charged the default
+    network_upload_bps=st.sampled_from([None, 0, 10**6]),
+    disk_io_bps=st.sampled_from([None, 0, 10**8]),
+    needs_gpu=st.sampled_from([False] * 9 + [True]),
+    gpu_profile=st.sampled_from([None] * 18 + ["A16-4Q", "no-such-profile"]),
 )
 holds = st.tuples(
     st.sampled_from(["main"] * 8 + ["other", "missing"]),  # host (one never registered)
@@ -110,11 +107,15 @@ def _shape(outcome: Grant | LedgerError, hosts: dict[str, str]) -> tuple[Any, ..
     )
 
 
-def _one_by_one(ledger: Ledger, group: list[Hold]) -> list[Grant | LedgerError]:
+def _asks(hosts: dict[str, str], group: list[Any]) -> list[HostAsk]:
+    return [(hosts[h], Ask(r, k, t)) for h, r, k, t in group]
+
+
+def _one_by_one(ledger: Ledger, asks: list[HostAsk]) -> list[Grant | LedgerError]:
     outcomes: list[Grant | LedgerError] = []
-    for host, request, key, ttl in group:
+    for host, ask in asks:
         try:
-            outcomes.append(ledger.reserve(host, request, idempotency_key=key, ttl=ttl))
+            outcomes.append(ledger.reserve(host, ask.request, idempotency_key=ask.key, ttl=ask.ttl))
         except LedgerError as exc:
             outcomes.append(exc)
     return outcomes
@@ -141,38 +142,26 @@ def _rows(ledger: Ledger, host: str) -> list[tuple[Any, ...]]:
     return shaped
 
 
-def _compare_with_one_by_one(db_url: str, rounds: list[Any]) -> tuple[int, int]:
-    """Run `rounds` through group admission exactly as the service calls it and through `reserve` one by
-    one on a twin ledger; assert the same outcomes, totals and rows. Returns (host groups the group path
-    decided, groups the whole-group path granted)."""
+def _compare_with_one_by_one(db_url: str, rounds: list[Any]) -> None:
+    """Run `rounds` through `reserve_many` exactly as the service calls it and through `reserve` one by one
+    on a twin ledger; assert the same outcomes, totals and rows."""
     clock = Clock()
     grouped, single, grouped_hosts, single_hosts = _ledgers(db_url, clock)
-    decided = [0]
-    write = grouped._admission._write
-
-    def counted(*args: Any) -> None:
-        decided[0] += 1
-        write(*args)
-
-    grouped._admission._write = counted  # type: ignore[method-assign]
     try:
         for advance, group in rounds:
             clock.now += timedelta(seconds=advance)  # holds of 30 s expire between rounds: sweeps happen
-            mine = [(grouped_hosts[h], r, k, t) for h, r, k, t in group]
+            mine = _asks(grouped_hosts, group)
             got = grouped.try_reserve_many(mine) or grouped.reserve_many(mine)  # as the service does
-            want = _one_by_one(single, [(single_hosts[h], r, k, t) for h, r, k, t in group])
+            want = _one_by_one(single, _asks(single_hosts, group))
             assert [_shape(o, grouped_hosts) for o in got] == [_shape(o, single_hosts) for o in want]
             for name in ("main", "other"):
-                mine, reference = (
-                    grouped.full_status(grouped_hosts[name]),
-                    single.full_status(single_hosts[name]),
-                )
-                assert mine.resources == reference.resources
-                assert mine.gpu == reference.gpu
+                mine_status = grouped.full_status(grouped_hosts[name])
+                reference = single.full_status(single_hosts[name])
+                assert mine_status.resources == reference.resources
+                assert mine_status.gpu == reference.gpu
         for name in ("main", "other"):
             assert _rows(grouped, grouped_hosts[name]) == _rows(single, single_hosts[name])
         assert grouped.drift() == []
-        return decided[0], grouped._whole_group.granted_groups
     finally:
         grouped.close()
         single.close()
@@ -180,68 +169,41 @@ def _compare_with_one_by_one(db_url: str, rounds: list[Any]) -> tuple[int, int]:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rounds=rounds)
-def test_group_admission_decides_exactly_as_one_by_one(db_url: str, rounds: list[Any]) -> None:
-    decided, whole = _compare_with_one_by_one(db_url, rounds)
-    FAST_GROUPS.append(decided + whole)
+def test_a_group_decides_exactly_as_one_by_one(db_url: str, rounds: list[Any]) -> None:
+    _compare_with_one_by_one(db_url, rounds)
 
 
-# What a service for one host sends: every hold for "main", most of them plain, so that whole groups go
-# the whole-group way, until the host fills up and they fall back.
-small_requests = st.builds(
-    AllocationRequest,
-    vcpus=st.integers(0, 2),
-    memory_bytes=st.sampled_from([0, GIB // 4, GIB // 2]),
-    disk_bytes=st.sampled_from([0, 10**9]),
-    network_download_bps=st.sampled_from([0, 10**6, 400 * 10**6]),
-    disk_io_bps=st.sampled_from([0, 10**8]),
-    needs_gpu=st.sampled_from([False] * 49 + [True]),
-)
-one_host_holds = st.tuples(
-    st.just("main"),
-    small_requests,
-    st.sampled_from([None, None, None, "k1"]) | st.uuids().map(lambda u: u.hex),  # keys rarely repeat
-    st.sampled_from([None] * 6 + [30.0, 90, 0]),
-)
-one_host_rounds = st.lists(
-    st.tuples(st.sampled_from([0, 0, 1, 5, 61]), st.lists(one_host_holds, min_size=1, max_size=6)),
-    min_size=6,
-    max_size=10,
-)
-WHOLE_GROUPS: dict[str, list[int]] = {"sqlite": [], "postgresql": []}
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rounds=one_host_rounds)
-def test_whole_group_admission_decides_exactly_as_one_by_one(db_url: str, rounds: list[Any]) -> None:
-    _, granted = _compare_with_one_by_one(db_url, rounds)
-    WHOLE_GROUPS["sqlite" if db_url.startswith("sqlite") else "postgresql"].append(granted)
-
-
-def test_the_property_test_exercised_the_group_path() -> None:
-    """Runs after the property test (same module, file order): it must not have gone the reference way
-    for every group, or it compared the reference with itself."""
-    if not FAST_GROUPS:
-        pytest.skip("the property test did not run in this session")
-    assert sum(FAST_GROUPS) > len(FAST_GROUPS), FAST_GROUPS
-
-
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
-def test_the_whole_group_test_exercised_that_path(engine: str) -> None:
-    """Likewise: the whole-group path must have granted groups on each engine (and left others to group
-    admission, which the equality above then covered too)."""
-    granted = WHOLE_GROUPS[engine]
-    if not granted:
-        pytest.skip("the whole-group property test did not run on this engine in this session")
-    assert sum(granted) >= len(granted), granted
+def test_postgresql_grants_a_plain_group_in_one_round_trip(pg_url: str) -> None:
+    """The one-round-trip strategy carries what it should: once this process has read the host (registering
+    it did), groups that grant are written by it, with the answers the locked path would give; keys used
+    before make it write nothing, and the locked path replays them."""
+    ledger = Ledger.open(pg_url, migrate=False)
+    host = f"pg-{uuid.uuid4().hex[:8]}"
+    try:
+        ledger.register_host(host, capacities(cpu=3, memory=8 * GIB), {ResourceType.CPU: 1.0})
+        group = [(host, Ask(AllocationRequest(vcpus=1), key, None)) for key in ("a", "b", None)]
+        assert all(isinstance(o, Grant) for o in ledger.reserve_many(group[:1]))
+        assert ledger.optimistic is not None and ledger.optimistic.admitted_groups == 1
+        second = ledger.reserve_many(group[1:])
+        assert all(isinstance(o, Grant) for o in second)
+        assert ledger.optimistic.admitted_groups == 2
+        again = ledger.reserve_many(group)  # keys seen before: the locked path replays them
+        assert [type(o).__name__ for o in again] == ["Grant", "Grant", "InsufficientResources"]
+        assert [o.replayed for o in again[:2] if isinstance(o, Grant)] == [True, True]
+        assert ledger.optimistic.admitted_groups == 2
+        assert ledger.status(host, ResourceType.CPU).pending == 3
+        assert ledger.drift() == []
+    finally:
+        ledger.close()
 
 
 def test_try_reserve_many_returns_none_at_once_while_another_process_writes(sqlite_url: str) -> None:
     ledger = Ledger.open(sqlite_url, migrate=False)
     host = f"try-{uuid.uuid4().hex[:8]}"
     ledger.register_host(host, capacities(), {})
-    hold: Hold = (host, AllocationRequest(vcpus=1), None, None)
-    assert ledger.try_reserve_many([hold]) is None  # capacities not cached yet: that takes SQLAlchemy
-    ledger.reserve_many([hold])  # ... which the waiting path has
+    hold: HostAsk = (host, Ask(AllocationRequest(vcpus=1)))
+    granted = ledger.try_reserve_many([hold])  # the lock is free: decided and written right here
+    assert granted is not None and isinstance(granted[0], Grant)
     other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # what another process's write transaction looks like
@@ -264,7 +226,7 @@ def test_try_reserve_many_returns_none_while_this_process_writes(sqlite_url: str
     ledger.register_host(host, capacities(), {})
     try:
         with ledger.batch():  # the event consumer's transaction, say
-            assert ledger.try_reserve_many([(host, AllocationRequest(vcpus=1), None, None)]) is None
+            assert ledger.try_reserve_many([(host, Ask(AllocationRequest(vcpus=1)))]) is None
     finally:
         ledger.close()
 
@@ -273,49 +235,31 @@ def test_try_reserve_many_is_not_for_postgresql(pg_url: str) -> None:
     """Every PostgreSQL statement waits on the network: none of them runs on the event loop."""
     ledger = Ledger.open(pg_url, migrate=False)
     host = f"pg-{uuid.uuid4().hex[:8]}"
-    lone = [(host, AllocationRequest(vcpus=1), None, None)]
+    lone = [(host, Ask(AllocationRequest(vcpus=1)))]
     try:
         ledger.register_host(host, capacities(cpu=2, memory=GIB), {})
-        ledger.reserve_many(lone)  # capacities cached: the whole-group path could take the next one
+        ledger.reserve_many(lone)
         assert ledger.try_reserve_many(lone) is None
     finally:
         ledger.close()
 
 
 @pytest.mark.parametrize("size", [1, 64])
-def test_a_group_that_fails_midway_writes_nothing(sqlite_url: str, size: int) -> None:
-    """A database error in the group's writes rolls back every hold of the group."""
+@pytest.mark.parametrize("where", ["try_reserve_many", "reserve_many"])
+def test_a_group_that_fails_midway_writes_nothing(sqlite_url: str, size: int, where: str) -> None:
+    """A database error in the group's last write rolls back every hold of the group."""
     ledger = Ledger.open(sqlite_url, migrate=False)
     host = f"fail-{uuid.uuid4().hex[:8]}"
     ledger.register_host(host, capacities(cpu=1000), {})
-    ledger._admission._move_totals = "UPDATE no_such_table SET x = 1"
+    ledger.db.statements.write_host = "UPDATE no_such_table SET x = 1"
     try:
         with pytest.raises(Exception, match="no_such_table"):
-            ledger.reserve_many([(host, AllocationRequest(vcpus=1), None, None)] * size)
-        assert ledger.status(host, ResourceType.CPU).pending == 0
+            getattr(ledger, where)([(host, Ask(AllocationRequest(vcpus=1)))] * size)
         with ledger.engine.connect() as conn:
             assert conn.execute(select(reservations).where(reservations.c.host_id == host)).first() is None
-    finally:
-        ledger.close()
-
-
-@pytest.mark.parametrize("call", ["try_reserve_many", "reserve_many"])
-def test_a_whole_group_that_fails_after_its_update_writes_nothing(sqlite_url: str, call: str) -> None:
-    """SQLite: the whole-group update matched, then an insert failed: the totals it moved roll back too."""
-    ledger = Ledger.open(sqlite_url, migrate=False)
-    host = f"fail-{uuid.uuid4().hex[:8]}"
-    group = [(host, AllocationRequest(vcpus=1), None, None)] * 3
-    ledger.register_host(host, capacities(cpu=1000), {})
-    try:
-        ledger.reserve_many(group[:1])  # group admission loads the capacities
-        ledger._whole_group._insert_log = "INSERT INTO no_such_table VALUES (?)"
-        with pytest.raises(Exception, match="no_such_table"):
-            getattr(ledger, call)(group)
-        assert ledger._whole_group.granted_groups == 0
-        assert ledger.status(host, ResourceType.CPU).pending == 1
-        with ledger.engine.connect() as conn:
-            assert len(conn.execute(select(reservations).where(reservations.c.host_id == host)).all()) == 1
-        assert ledger.drift() == []
+            assert (
+                conn.execute(select(allocation_log).where(allocation_log.c.host_id == host)).first() is None
+            )
     finally:
         ledger.close()
 
@@ -327,8 +271,8 @@ def test_a_whole_group_that_fails_after_its_update_writes_nothing(sqlite_url: st
     )
 )
 def test_sqlite_time_binder_writes_what_sqlalchemy_writes(value: datetime) -> None:
-    """Group admission binds UTC times on SQLite with its own faster function: it must write the very text
-    the column type would (expiry checks compare that text)."""
+    """The hot statements bind UTC times on SQLite with their own faster function: it must write the very
+    text the column type would (expiry checks compare that text)."""
     from sqlalchemy.dialects import sqlite
 
     dialect = sqlite.dialect()
@@ -338,50 +282,56 @@ def test_sqlite_time_binder_writes_what_sqlalchemy_writes(value: datetime) -> No
     assert fast(value) == reference(value)
 
 
-def test_whole_group_path_answers_unavailable_for_a_killed_connection_then_reconnects(pg_url: str) -> None:
-    """The whole-group path's own connection dies (server restart, admin kill). Whether its statement
-    committed is unknown, so the group is answered `unavailable` (deciding it again could hold twice); the
-    next group reconnects. Nothing is counted twice."""
+def test_the_one_round_trip_path_answers_unavailable_for_a_killed_connection_then_reconnects(
+    pg_url: str,
+) -> None:
+    """The strategy's own connection dies (server restart, admin kill). Whether its statement committed is
+    unknown, so the group is answered `unavailable` (deciding it again could hold twice); the next group
+    reconnects. Nothing is counted twice."""
     ledger = Ledger.open(pg_url, migrate=False)
     host = f"pg-{uuid.uuid4().hex[:8]}"
-    lone = [(host, AllocationRequest(vcpus=1), None, None)]
-    whole_group = ledger._whole_group
+    lone = [(host, Ask(AllocationRequest(vcpus=1)))]
+    strategy = ledger.optimistic
+    assert strategy is not None
     try:
         ledger.register_host(host, capacities(cpu=8, memory=GIB), {})
-        ledger.reserve_many(lone)  # group admission loads the capacities
         ledger.reserve_many(lone)
-        assert whole_group.granted_groups == 1
-        connection = whole_group._connection
+        assert strategy.admitted_groups == 1
+        connection = strategy._connection
         assert connection is not None
         pid = connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
         with ledger.engine.connect() as admin:
             admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
         with pytest.raises(Unavailable):
             ledger.reserve_many(lone)
+        # Had the lost statement committed, the host's revision would have moved and this would take the
+        # locked path; it was never sent, so the strategy writes it, on a new connection.
         ledger.reserve_many(lone)
-        assert whole_group.granted_groups == 2  # a new connection
-        assert ledger.status(host, ResourceType.CPU).pending == 3
+        assert strategy.admitted_groups == 2
+        assert ledger.status(host, ResourceType.CPU).pending == 2
         assert ledger.drift() == []
     finally:
         ledger.close()
 
 
 def test_a_key_another_replica_commits_meanwhile_is_replayed_not_held_twice(pg_url: str) -> None:
-    """Replica B holds the host row while it reserves under key k; replica A's whole-group statement for
-    the same key waits for the row, and its NOT EXISTS was read before B committed. The unique constraint
-    stops A's insert; A falls back to group admission, which replays B's reservation."""
+    """Replica B holds the host row while it reserves under key k; replica A's one-round-trip statement
+    for the same key waits for the row. When B commits, the row's revision has moved, so A's statement
+    writes nothing; A takes the locked path, which replays B's reservation."""
     replica_a = Ledger.open(pg_url, migrate=False)
     replica_b = Ledger.open(pg_url, migrate=False)
     host = f"pg-{uuid.uuid4().hex[:8]}"
     request = AllocationRequest(vcpus=1)
     try:
-        replica_a.register_host(host, capacities(cpu=8, memory=GIB), {})
-        replica_a.reserve_many([(host, request, None, None)])  # capacities cached in A
+        replica_a.register_host(host, capacities(cpu=8, memory=GIB), {})  # A has read the host
+        replica_a.reserve_many([(host, Ask(request))])
+        admitted = replica_a.optimistic.admitted_groups if replica_a.optimistic else 0
+        assert admitted == 1
         outcome: list[Any] = []
         with replica_b.batch():
             earlier = replica_b.reserve(host, request, idempotency_key="k")
             waiting = threading.Thread(
-                target=lambda: outcome.extend(replica_a.reserve_many([(host, request, "k", None)]))
+                target=lambda: outcome.extend(replica_a.reserve_many([(host, Ask(request, "k"))]))
             )
             waiting.start()
             time.sleep(0.5)  # A is now blocked on the host row B holds
@@ -389,7 +339,7 @@ def test_a_key_another_replica_commits_meanwhile_is_replayed_not_held_twice(pg_u
         waiting.join(timeout=30)
         assert isinstance(outcome[0], Grant) and outcome[0].replayed
         assert outcome[0].reservation_id == earlier.reservation_id
-        assert replica_a._whole_group.granted_groups == 0
+        assert replica_a.optimistic is not None and replica_a.optimistic.admitted_groups == admitted
         assert replica_a.status(host, ResourceType.CPU).pending == 2
         assert replica_a.drift() == []
     finally:
@@ -398,37 +348,37 @@ def test_a_key_another_replica_commits_meanwhile_is_replayed_not_held_twice(pg_u
 
 
 async def test_the_event_loop_path_on_postgresql(pg_url: str) -> None:
-    """`try_reserve_many_async`: a lone request that fits is granted on the async connection; one that does
-    not fit, or a group, is None (nothing written); a killed connection is `unavailable`, then reconnects."""
+    """`try_reserve_many_async`: a group for a host this process has read, that fits, is granted on the
+    async connection; one that does not fit is None (nothing written) and the thread's path is told it was
+    tried; a killed connection is `unavailable`, then reconnects."""
     ledger = Ledger.open(pg_url, migrate=False)
     host = f"pg-{uuid.uuid4().hex[:8]}"
-    lone = [(host, AllocationRequest(vcpus=1), None, None)]
+    lone = [(host, Ask(AllocationRequest(vcpus=1)))]
+    strategy = ledger.optimistic
+    assert strategy is not None
     try:
+        other = [("not-read-here", Ask(AllocationRequest(vcpus=1)))]
+        assert await ledger.try_reserve_many_async(other) == (None, True)  # not read by this process
         ledger.register_host(host, capacities(cpu=2, memory=GIB), {})
-        assert await ledger.try_reserve_many_async(lone) == (None, True)  # capacities not cached yet
         ledger.reserve_many(lone)
-        granted, checked = await ledger.try_reserve_many_async(lone)
-        assert checked and granted is not None and isinstance(granted[0], Grant)
-        assert await ledger.try_reserve_many_async(lone * 2) == (None, False)  # a group: the thread's
-        assert await ledger.try_reserve_many_async([(host, AllocationRequest(vcpus=50), None, None)]) == (
-            None,
-            True,
-        )
-        too_big = [(host, AllocationRequest(vcpus=50), None, None)]
+        granted, tried = await ledger.try_reserve_many_async(lone)
+        assert tried and granted is not None and isinstance(granted[0], Grant)
+        too_big = [(host, Ask(AllocationRequest(vcpus=50)))]
+        assert await ledger.try_reserve_many_async(too_big) == (None, True)
 
         def not_again(_: Any) -> None:
-            raise AssertionError("the whole-group check was made twice")
+            raise AssertionError("the one-round-trip path was tried twice")
 
-        ledger._whole_group.try_admit = not_again  # type: ignore[assignment,method-assign]
-        refused = ledger.reserve_many(too_big, whole_group=False)  # as the service does after the loop
+        strategy.admit = not_again  # type: ignore[assignment,method-assign]
+        refused = ledger.reserve_many(too_big, optimistic=False)  # as the service does after the loop
         assert type(refused[0]).__name__ == "InsufficientResources"
-        pid = ledger._whole_group._async_connection.info.backend_pid
+        pid = strategy._async_connection.info.backend_pid
         with ledger.engine.connect() as admin:
             admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
         with pytest.raises(Unavailable):
             await ledger.try_reserve_many_async(lone)
-        assert (await ledger.try_reserve_many_async(lone))[0] is not None
-        assert ledger._whole_group.granted_groups == 2
+        assert (await ledger.try_reserve_many_async(lone))[0] is not None  # on a new connection
+        assert strategy.admitted_groups == 3
         assert ledger.status(host, ResourceType.CPU).pending == 3
         assert ledger.drift() == []
     finally:
@@ -438,7 +388,7 @@ async def test_the_event_loop_path_on_postgresql(pg_url: str) -> None:
 
 def test_try_reserve_many_async_is_not_for_sqlite(sqlite_url: str) -> None:
     ledger = Ledger.open(sqlite_url, migrate=False)
-    lone = [("any", AllocationRequest(vcpus=1), None, None)]
+    lone = [("any", Ask(AllocationRequest(vcpus=1)))]
     try:
         assert asyncio.run(ledger.try_reserve_many_async(lone)) == (None, False)
     finally:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from ledger.core.capacity import AllocationRequest
+from ledger.core.charges import AllocationRequest
 from ledger.core.errors import InsufficientResources
 from ledger.core.records import InstanceRecord
 from ledger.core.resources import ResourceType

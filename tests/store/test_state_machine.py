@@ -35,7 +35,7 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import Engine, text
 
-from ledger.core.capacity import AllocationRequest
+from ledger.core.charges import AllocationRequest
 from ledger.core.errors import Conflict, InsufficientResources
 from ledger.core.records import InstanceRecord
 from ledger.core.resources import Capacity, ResourceType, Source
@@ -354,7 +354,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert info.status == expected
         hold.status = expected
 
-    @rule(data=st.data(), via=st.sampled_from(["expire", "status", "next step"]))
+    @rule(data=st.data(), via=st.sampled_from(["full status", "status", "next step"]))
     def advance(self, data: st.DataObject, via: str) -> None:
         """Move the clock (sometimes exactly onto, or just short of, a hold's expiry), then sweep."""
         live = sorted(
@@ -367,9 +367,9 @@ class LedgerMachine(RuleBasedStateMachine):
             choices.append(exact.map(lambda d: d - timedelta(microseconds=1)))
         step = data.draw(st.one_of(choices))  # zero when a hold is 1 µs from its end: harmless
         self.clock.now += step
-        if via == "expire":
-            swept = self.ledger.expire(self.host)
-            assert swept == self._sweep_model()
+        if via == "full status":
+            self.ledger.full_status(self.host, limit=0)
+            self._sweep_model()
         elif via == "status":
             self.ledger.status(self.host, data.draw(st.sampled_from(ORDER)))
             self._sweep_model()
@@ -548,8 +548,11 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.fact_grew.discard(r)
 
     def teardown(self) -> None:
-        if self.registered:
-            assert [d for d in self.ledger.drift() if d["host_id"] == self.host] == []
+        try:
+            if self.registered:
+                assert [d for d in self.ledger.drift() if d["host_id"] == self.host] == []
+        finally:
+            self.ledger.close()  # its own connections; the engine is the test's
 
 
 def test_state_machine(db_url: str) -> None:

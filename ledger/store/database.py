@@ -1,0 +1,176 @@
+"""Transactions per dialect: where a write transaction comes from, how a batch of writes shares one, and
+what the last committed transaction saw of each host.
+
+SQLite has one writer at a time: the threads of this process queue on a lock instead of spinning in
+SQLite's busy handler (which sleeps in steps of up to 100 ms); other processes still wait there. An event
+loop may also run a transaction in place when the lock is free (`try_now`), on a connection of its own
+whose busy timeout is 0, instead of paying two thread hops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import PoolProxiedConnection
+
+from ledger.core.errors import Unavailable
+from ledger.store.sql import Sql
+from ledger.store.tx import LockedHost, Statements, Tx
+
+T = TypeVar("T")
+
+
+class Database:
+    """Write transactions on one engine (see the module docstring)."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.sql = Sql.of(engine.dialect)
+        self.sqlite = self.sql.sqlite
+        self.statements = Statements(self.sql)
+        self._driver_errors: tuple[type[Exception], ...] = (
+            OperationalError,
+            engine.dialect.loaded_dbapi.OperationalError,
+        )
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._writer: contextlib.AbstractContextManager[Any] = (
+            self._write_lock if self.sqlite else contextlib.nullcontext()
+        )
+        # host id → the host as the last transaction this process committed left it (a read of it, really)
+        self.committed: dict[str, LockedHost] = {}
+        self._nowait: PoolProxiedConnection | None = None
+        self._checkpointer: _Checkpointer | None = None
+
+    def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
+        if self._nowait is not None:
+            self._nowait.close()
+            self._nowait = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A write transaction, committed when the block ends (rolled back if it raises); inside `batch()`
+        the batch's own."""
+        current: Tx | None = getattr(self._local, "tx", None)
+        if current is not None:
+            yield current
+            return
+        try:
+            with self._writer, self.engine.begin() as conn:
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    tx = Tx(cursor, self.statements, self.clock, conn)
+                    yield tx
+                    tx.flush()
+                finally:
+                    cursor.close()
+        except self._driver_errors as exc:
+            raise Unavailable(f"database unavailable: {_reason(exc)}") from exc
+        self._committed(tx)
+
+    @contextmanager
+    def batch(self) -> Iterator[Tx]:
+        """Run every write in the block in one transaction (committed at the end, rolled back on error)."""
+        if getattr(self._local, "tx", None) is not None:
+            raise RuntimeError("batches do not nest")
+        with self.transaction() as tx:
+            self._local.tx = tx
+            try:
+                yield tx
+            finally:
+                self._local.tx = None
+
+    @property
+    def in_batch(self) -> bool:
+        return getattr(self._local, "tx", None) is not None
+
+    def try_now(self, work: Callable[[Tx], T]) -> T | None:
+        """SQLite: `work` in a write transaction right now, or None at once if another writer (a thread of
+        this process, or another process) has the lock. None on PostgreSQL, whose statements wait on the
+        network: they belong on a thread."""
+        if not self.sqlite or not self._write_lock.acquire(blocking=False):
+            return None
+        try:
+            dbapi = self._nowait_connection()
+            try:
+                dbapi.execute("BEGIN IMMEDIATE")  # fails at once when another writer has the lock
+            except sqlite3.OperationalError:
+                return None
+            cursor = dbapi.cursor()
+            try:
+                tx = Tx(cursor, self.statements, self.clock, None)
+                result = work(tx)
+                tx.flush()
+                dbapi.commit()
+            except BaseException as exc:
+                dbapi.rollback()
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise Unavailable(f"database unavailable: {_reason(exc)}") from exc
+                raise
+            finally:
+                cursor.close()
+            self._committed(tx)
+            return result
+        finally:
+            self._write_lock.release()
+
+    def _committed(self, tx: Tx) -> None:
+        for host_id, host in tx.hosts.items():
+            self.committed[host_id] = host.snapshot()
+
+    def _nowait_connection(self) -> sqlite3.Connection:
+        if self._nowait is None:
+            pooled = self.engine.raw_connection()
+            pooled.detach()  # its pragmas are its own: it never goes back to the pool
+            dbapi = pooled.dbapi_connection
+            assert isinstance(dbapi, sqlite3.Connection)
+            dbapi.execute("PRAGMA busy_timeout = 0")
+            # Its commits run on an event loop: leave WAL checkpoints (milliseconds of I/O) to a thread.
+            dbapi.execute("PRAGMA wal_autocheckpoint = 0")
+            self._nowait = pooled
+            self._checkpointer = _Checkpointer(self.engine)
+        driver = self._nowait.dbapi_connection
+        assert isinstance(driver, sqlite3.Connection)
+        return driver
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc).strip()
+
+
+class _Checkpointer:
+    """Checkpoints a SQLite WAL from its own thread every `interval` seconds (PASSIVE: never blocks writers),
+    for a connection that commits on an event loop with automatic checkpoints off."""
+
+    def __init__(self, engine: Engine, interval: float = 0.25) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ledger-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            with contextlib.suppress(Exception):  # a busy or closed database: try again next time
+                connection = self._engine.raw_connection()
+                try:
+                    connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+                finally:
+                    connection.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()

@@ -1,0 +1,130 @@
+"""Reservations after they are granted: looked up, released, consumed by the instance they were for, and
+found again by their idempotency keys. (Granting is admission's; expiry is swept when a host is locked.)"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from ledger.core.admission import EarlierHold
+from ledger.core.charges import Charge
+from ledger.core.errors import InvalidRequest, NotFound
+from ledger.core.results import CONSUMED, HELD, RELEASED, ReservationInfo
+from ledger.store.database import Database
+from ledger.store.rows import HOLD_AMOUNTS
+from ledger.store.sql import Cursor, reservations
+from ledger.store.tx import LockedHost, Tx
+
+_EARLIER = (
+    "reservation_id",
+    "host_id",
+    "idempotency_key",
+    "status",
+    "expires_at",
+    "vcpus",
+    "memory_bytes",
+    "disk_bytes",
+    "network_download_bps",
+    "network_upload_bps",
+    "disk_io_bps",
+    "gpu",
+    "gpu_profile",
+    "defaulted",
+)
+
+
+class Reservations:
+    """Lookups and the ways a hold ends other than expiry."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        m = db.sql.mark
+        self._select_keys = (
+            f"SELECT {', '.join(_EARLIER)} FROM reservations "
+            f"WHERE host_id = {m} AND idempotency_key IN ({{}})"
+        )
+        self._end = (
+            f"UPDATE reservations SET status = {m}, ended_at = {m}, instance_id = {m} "
+            f"WHERE reservation_id = {m} AND host_id = {m} AND status = '{HELD}' "
+            f"RETURNING {', '.join(HOLD_AMOUNTS)}"
+        )
+
+    def earlier(self, cursor: Cursor, host_id: str, keys: Sequence[str]) -> dict[str, EarlierHold]:
+        """Reservations already made on this host under any of `keys`, by key."""
+        if not keys:
+            return {}
+        unique = sorted(set(keys))
+        cursor.execute(self._select_keys.format(self.db.sql.marks(len(unique))), (host_id, *unique))
+        read_time = self.db.sql.read_time
+        found = {}
+        for rid, host, key, status, expires, *amounts, gpu, profile, defaulted in cursor.fetchall():
+            vcpus, memory, disk, download, upload, disk_io = amounts
+            charge = Charge(vcpus, memory, disk, download, upload, disk_io, gpu, profile, _names(defaulted))
+            expires_at = read_time(expires)
+            assert expires_at is not None  # the column is NOT NULL
+            found[key] = EarlierHold(rid, host, key, status, expires_at, charge)
+        return found
+
+    def find(self, reservation_id: str) -> ReservationInfo:
+        with self.db.transaction() as tx:
+            return _info(self._row(tx, reservation_id))
+
+    def release(self, reservation_id: str) -> ReservationInfo:
+        """Give a held reservation back; releasing one that already ended says how it ended."""
+        if not isinstance(reservation_id, str) or not reservation_id:
+            raise InvalidRequest("reservation_id must be a non-empty string", field="reservation_id")
+        host_id = self.find(reservation_id).host_id
+        with self.db.transaction() as tx:
+            host = tx.lock(host_id)
+            self.end(tx, host, reservation_id, RELEASED, "api")
+            return _info(self._row(tx, reservation_id))
+
+    def consume(self, tx: Tx, host: LockedHost, reservation_id: str, instance_id: str, cause: str) -> None:
+        """The instance the hold was for has arrived: the hold ends and the instance counts instead. An
+        unknown id, one of another host, or one that already ended changes nothing (the instance is
+        counted either way, once)."""
+        self.end(tx, host, reservation_id, CONSUMED, cause, instance_id)
+
+    def end(
+        self,
+        tx: Tx,
+        host: LockedHost,
+        reservation_id: str,
+        status: str,
+        cause: str,
+        instance_id: str | None = None,
+    ) -> None:
+        """End a held reservation of `host` as `status` (nothing if it is not held there)."""
+        now = self.db.sql.bind_time(tx.clock())
+        tx.cursor.execute(self._end, (status, now, instance_id, reservation_id, host.host_id))
+        tx.end_holds(host, tx.cursor.fetchall(), status, cause)
+
+    @staticmethod
+    def _row(tx: Tx, reservation_id: str) -> Any:
+        assert tx.conn is not None
+        row = (
+            tx.conn.execute(select(reservations).where(reservations.c.reservation_id == reservation_id))
+            .mappings()
+            .one_or_none()
+        )
+        if row is None:
+            raise NotFound(f"no reservation {reservation_id!r}", reservation_id=reservation_id)
+        return row
+
+
+def _names(defaulted: str | None) -> tuple[str, ...]:
+    return tuple(defaulted.split(",")) if defaulted else ()
+
+
+def _info(row: Any) -> ReservationInfo:
+    return ReservationInfo(
+        reservation_id=row["reservation_id"],
+        host_id=row["host_id"],
+        status=row["status"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        ended_at=row["ended_at"],
+        instance_id=row["instance_id"],
+    )

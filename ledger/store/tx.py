@@ -1,0 +1,212 @@
+"""One write transaction, on either engine: the host rows it has locked, their totals kept here and written
+back once at the end, and the history rows it adds, written together.
+
+Every write that changes what a host owes locks the host's row first (SQLite: the transaction began with
+`BEGIN IMMEDIATE` and holds the database's write lock; PostgreSQL: `SELECT … FOR UPDATE`), so a reservation
+turning into an instance is never counted twice or not at all. Locking also sweeps the host's expired holds.
+Within the transaction the totals move in memory (each move checked so no total can pass what a BIGINT
+holds); `flush` writes each changed host row once, with its revision bumped, and the buffered rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ledger.core.admission import check_totals
+from ledger.core.errors import UnknownHost
+from ledger.core.results import EXPIRED, HELD
+from ledger.store.rows import HOLD_AMOUNTS, HOLD_COLUMNS, LOG_COLUMNS, Delta, hold_delta, log_row
+from ledger.store.sql import Cursor, Sql
+from ledger.store.totals import TOTAL_COLUMNS, allocated, pending
+
+HOST_COLUMNS = (
+    "host_id",
+    "capacity_version",
+    "revision",
+    "next_expiry",
+    "gpu_total",
+    "gpu_busy",
+    *TOTAL_COLUMNS,
+)
+UNREGISTERED_HINT = "host is not registered: run `ledger host refresh` on it, or publish host.capacity"
+
+
+@dataclass(slots=True)
+class LockedHost:
+    """A host row as this transaction holds it locked; `totals` and `next_expiry` are current here."""
+
+    host_id: str
+    capacity_version: int
+    revision: int
+    next_expiry: datetime | None
+    gpu_total: int
+    gpu_busy: int
+    totals: dict[str, int]
+    changed: bool = False  # written back by `flush` (and its revision bumped)
+
+    def snapshot(self) -> LockedHost:
+        return LockedHost(
+            self.host_id,
+            self.capacity_version,
+            self.revision,
+            self.next_expiry,
+            self.gpu_total,
+            self.gpu_busy,
+            dict(self.totals),
+        )
+
+
+class Statements:
+    """The transaction's own statements for one dialect, built once per engine."""
+
+    def __init__(self, sql: Sql) -> None:
+        m = sql.mark
+        self.sql = sql
+        self.select_host = f"SELECT {', '.join(HOST_COLUMNS)} FROM hosts WHERE host_id = {m}{sql.for_update}"
+        fresh = (
+            "host_id",
+            "created_at",
+            "updated_at",
+            "capacity_version",
+            "revision",
+            "gpu_total",
+            "gpu_busy",
+        )
+        conflict = "" if sql.sqlite else " ON CONFLICT (host_id) DO NOTHING"
+        self.insert_host = (
+            f"INSERT {'OR IGNORE ' if sql.sqlite else ''}INTO hosts ({', '.join(fresh + TOTAL_COLUMNS)}) "
+            f"VALUES ({sql.marks(len(fresh) + len(TOTAL_COLUMNS))}){conflict}"
+        )
+        self.sweep = (
+            f"UPDATE reservations SET status = '{EXPIRED}', ended_at = {m} "
+            f"WHERE host_id = {m} AND status = '{HELD}' AND expires_at <= {m} "
+            f"RETURNING {', '.join(HOLD_AMOUNTS)}"
+        )
+        self.earliest_hold = (
+            f"SELECT min(expires_at) FROM reservations WHERE host_id = {m} AND status = '{HELD}'"
+        )
+        self.write_host = (
+            f"UPDATE hosts SET {', '.join(f'{c} = {m}' for c in TOTAL_COLUMNS)}, next_expiry = {m}, "
+            f"revision = revision + 1 WHERE host_id = {m}"
+        )
+        self.insert_hold = sql.insert("reservations", HOLD_COLUMNS)
+        self.insert_log = sql.insert("allocation_log", LOG_COLUMNS)
+
+
+class Tx:
+    """A write transaction in progress (see the module docstring); `conn` is its SQLAlchemy connection, or
+    None when it runs on a bare DBAPI connection (SQLite admission on the event loop)."""
+
+    def __init__(self, cursor: Cursor, statements: Statements, clock: Any, conn: Connection | None) -> None:
+        self.cursor = cursor
+        self.statements = statements
+        self.sql = statements.sql
+        self.clock = clock
+        self.conn = conn
+        self.hosts: dict[str, LockedHost] = {}
+        self.holds: list[tuple[Any, ...]] = []
+        self.logs: list[tuple[Any, ...]] = []
+
+    def lock(self, host_id: str, *, create: bool = False) -> LockedHost:
+        """The host's row, locked until commit, expired holds swept; `create` makes an empty host row for
+        records that arrive before the host registered (they must still be counted)."""
+        host = self.hosts.get(host_id)
+        if host is not None:
+            return host
+        s = self.statements
+        self.cursor.execute(s.select_host, (host_id,))
+        found = self.cursor.fetchone()
+        if found is None and create:
+            now = self.sql.bind_time(self.clock())
+            self.cursor.execute(s.insert_host, (host_id, now, now, 0, 0, 0, 0, *[0] * len(TOTAL_COLUMNS)))
+            self.cursor.execute(s.select_host, (host_id,))
+            found = self.cursor.fetchone()
+        if found is None:
+            raise UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
+        host = LockedHost(
+            found[0],
+            found[1],
+            found[2],
+            self.sql.read_time(found[3]),
+            found[4],
+            found[5],
+            dict(zip(TOTAL_COLUMNS, found[6:], strict=True)),
+        )
+        self.hosts[host_id] = host
+        self._sweep(host)
+        return host
+
+    def lock_all(self, host_ids: Iterable[str], *, create: bool = False) -> None:
+        """Lock several hosts, always in the same (sorted) order, so two writers never wait on each other."""
+        for host_id in sorted(set(host_ids)):
+            self.lock(host_id, create=create)
+
+    def move(self, host: LockedHost, delta: Delta) -> None:
+        """Shift the host's totals by `delta`; InvalidRequest (nothing moved) if a total would overflow."""
+        if not delta:
+            return
+        totals = dict(host.totals)
+        for column, change in delta.items():
+            totals[column] += change
+        check_totals(host.host_id, allocated(totals), pending(totals))
+        host.totals = totals
+        host.changed = True
+
+    def log(self, host: LockedHost, kind: str, entity_id: str, action: str, cause: str, delta: Delta) -> None:
+        """Add the history row for a change of `delta` (written at `flush`)."""
+        if delta:
+            at = self.sql.bind_time(self.clock())
+            self.logs.append(log_row(host.host_id, at, kind, entity_id, action, cause, delta))
+
+    def hold_expiring(self, host: LockedHost, expires_at: datetime) -> None:
+        """A hold expiring at `expires_at` was added: the host's next sweep is due no later."""
+        if host.next_expiry is None or expires_at < host.next_expiry:
+            host.next_expiry = expires_at
+            host.changed = True
+
+    def end_holds(self, host: LockedHost, rows: Sequence[Sequence[Any]], status: str, cause: str) -> None:
+        """Take ended holds (rows of HOLD_AMOUNTS) off the host's pending totals, with their history."""
+        for reservation_id, *amounts in rows:
+            delta = hold_delta(tuple(amounts), -1)
+            self.move(host, delta)
+            self.log(host, "reservation", reservation_id, status, cause, delta)
+
+    def _sweep(self, host: LockedHost) -> None:
+        """Expire the host's holds whose time has come. `next_expiry` is a lower bound on the earliest held
+        expiry, so most locks return at once."""
+        now = self.clock()
+        if host.next_expiry is None or now < host.next_expiry:
+            return
+        bound = self.sql.bind_time(now)
+        self.cursor.execute(self.statements.sweep, (bound, host.host_id, bound))
+        self.end_holds(host, self.cursor.fetchall(), EXPIRED, "ttl")
+        self.cursor.execute(self.statements.earliest_hold, (host.host_id,))
+        host.next_expiry = self.sql.read_time(self.cursor.fetchone()[0])
+        host.changed = True
+
+    def flush(self) -> None:
+        """Write the buffered holds and history rows, and each changed host row once."""
+        s, cursor = self.statements, self.cursor
+        if self.holds:
+            cursor.executemany(s.insert_hold, self.holds)
+            self.holds = []
+        if self.logs:
+            cursor.executemany(s.insert_log, self.logs)
+            self.logs = []
+        changed = [host for host in self.hosts.values() if host.changed]
+        if changed:
+            cursor.executemany(
+                s.write_host,
+                [
+                    (*(h.totals[c] for c in TOTAL_COLUMNS), self.sql.bind_time(h.next_expiry), h.host_id)
+                    for h in changed
+                ],
+            )
+            for host in changed:
+                host.revision += 1
+                host.changed = False
