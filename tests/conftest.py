@@ -16,8 +16,6 @@ from ledger.core.resources import Capacity, ResourceType, Source
 from ledger.store import migrate
 from ledger.store.ledger import Ledger
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "hosts"
 PG_ADMIN_URL = os.environ.get("LEDGER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for discovery tests: recorded host trees made real in a temp dir, and settings built from env."""
+"""Discovery test fixtures: host trees from tests/fixtures/hosts made real in a temp dir, and settings."""
 
 from __future__ import annotations
 
@@ -11,21 +11,20 @@ from ledger.config import Settings, load_settings
 from tests.hosttree import HostTree, materialize_host_tree
 
 TESTS = Path(__file__).resolve().parents[1]
-SHARED_HOSTS = TESTS.parents[0] / ".." / "shared" / "fixtures" / "hosts"
-OWN_HOSTS = TESTS / "fixtures" / "hosts"
+HOSTS = TESTS / "fixtures" / "hosts"
 
 MakeSettings = Callable[..., Settings]
 
 
 @pytest.fixture
 def host_tree(tmp_path: Path) -> HostTree:
-    """host_tree("h200-vm") → a temp copy of that tree (shared or ours) with its links made real."""
+    """host_tree("h200-vm") → a temp copy of tests/fixtures/hosts/h200-vm with its links made real."""
 
     def make(name: str) -> Path:
-        for base in (OWN_HOSTS, SHARED_HOSTS):
-            if (base / name).is_dir():
-                return materialize_host_tree(base / name, tmp_path / "hosts" / name)
-        raise FileNotFoundError(f"no host tree {name!r} in {OWN_HOSTS} or {SHARED_HOSTS}")
+        source = HOSTS / name
+        if not source.is_dir():
+            raise FileNotFoundError(f"no host tree {name!r} in {HOSTS}")
+        return materialize_host_tree(source, tmp_path / "hosts" / name)
 
     return make
 
