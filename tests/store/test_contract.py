@@ -937,3 +937,45 @@ def test_status_carries_the_hint_of_an_undetected_capacity_and_only_that(
     assert status["network"]["source"] == "undetected" and status["network"]["hint"] == hint
     assert all("hint" not in status[r.value] for r in ResourceType if r is not NETWORK)
     assert ledger.status(host_id, NETWORK).hint == hint
+
+
+# ---- no total and no report can overflow ------------------------------------------------------------
+
+HUGE = 2**62  # two of these pass 2⁶³−1
+
+
+def _every_view_reads(ledger: Ledger, host_id: str) -> None:
+    """Each reporting view answers for the host (an overflowed total made all of them fail, for every host)."""
+    for view in ("resource_status", "instance_allocations", "disk_breakdown", "ledger_usage", "ledger_drift"):
+        _view(ledger, f"SELECT * FROM {view} WHERE host_id = :h", host_id)
+
+
+def test_records_that_would_push_a_total_past_a_bigint_are_refused_and_the_views_still_read(
+    ledger: Ledger, host_id: str
+) -> None:
+    register(ledger, host_id, {MEMORY: 4.0, DISK: 4.0}, memory=MAX_AMOUNT // 2, disk=MAX_AMOUNT // 2)
+    ledger.apply_volume(host_id, VolumeRecord(id="v1", size_bytes=HUGE))
+    ledger.apply_image(host_id, ImageRecord(id="i1", size_bytes=HUGE - 1))  # disk total: exactly 2⁶³−1
+    with pytest.raises(InvalidRequest, match="beyond the largest amount") as refused:
+        ledger.apply_volume(host_id, VolumeRecord(id="v2", size_bytes=1))
+    assert refused.value.details["field"] == "disk"
+    ledger.apply_instance(host_id, running("a", memory_bytes=HUGE))
+    with pytest.raises(InvalidRequest, match="beyond the largest amount"):
+        ledger.apply_instance(host_id, running("b", memory_bytes=HUGE))
+    with pytest.raises(InvalidRequest, match="overlay_bytes"):
+        running("c", overlay_bytes=HUGE, volume_bytes=HUGE)
+    assert usage(ledger, host_id)["disk"][0] == MAX_AMOUNT
+    assert usage(ledger, host_id)["memory"][0] == HUGE
+    _every_view_reads(ledger, host_id)
+
+
+def test_a_hold_and_an_instance_together_cannot_pass_a_bigint_either(ledger: Ledger, host_id: str) -> None:
+    register(ledger, host_id, {MEMORY: 4.0}, memory=MAX_AMOUNT // 2)
+    ledger.reserve(host_id, AllocationRequest(memory_bytes=HUGE))
+    with pytest.raises(InsufficientResources):  # what is left: 2⁶³−1 − 2⁶² < 2⁶²
+        ledger.reserve(host_id, AllocationRequest(memory_bytes=HUGE))
+    with pytest.raises(InvalidRequest, match="beyond the largest amount"):
+        ledger.apply_instance(host_id, running("a", memory_bytes=HUGE))  # allocated + pending would pass it
+    allocated, pending, _ = usage(ledger, host_id)["memory"]
+    assert (allocated, pending) == (0, HUGE)
+    _every_view_reads(ledger, host_id)
