@@ -64,6 +64,8 @@ class Reservation:
     expires_at: datetime
     idempotency_key: str | None
     replayed: bool
+    charged: dict[str, int]  # what the hold takes, bandwidth defaults filled in
+    defaulted: tuple[str, ...]  # the bandwidths left unstated, charged the default
 
 
 def _error(reply: Mapping[str, Any]) -> LedgerError:
@@ -137,16 +139,17 @@ class LedgerClient:
         vcpus: int,
         memory_bytes: int = 0,
         disk_bytes: int = 0,
-        network_download_bps: int = 0,
-        network_upload_bps: int = 0,
-        disk_io_bps: int = 0,
+        network_download_bps: int | None = None,
+        network_upload_bps: int | None = None,
+        disk_io_bps: int | None = None,
         needs_gpu: bool = False,
         gpu_profile: str | None = None,
         host: str | None = None,
         idempotency_key: str | None = None,
         ttl_seconds: float | None = None,
     ) -> Reservation:
-        """Check and reserve in one step; raises InsufficientResources naming what does not fit."""
+        """Check and reserve in one step; raises InsufficientResources naming what does not fit. A bandwidth
+        left as None is charged the default (the instance's vCPU share of the host's capacity)."""
         reply = await self.call(
             "validate",
             {
@@ -170,14 +173,25 @@ class LedgerClient:
             expires_at=datetime.fromisoformat(reply["expires_at"]),
             idempotency_key=reply.get("idempotency_key"),
             replayed=bool(reply.get("replayed")),
+            charged=dict(reply.get("charged") or {}),
+            defaulted=tuple(reply.get("defaulted") or ()),
         )
 
     async def release(self, reservation_id: str) -> dict[str, Any]:
         return await self.call("release", {"reservation_id": reservation_id})
 
-    async def status(self, host: str | None = None, resource: str | None = None) -> dict[str, Any]:
-        """The full status (the seed's FullResourceStatus plus `pending`), or one resource's."""
-        return await self.call("status", {"host": host, "resource": resource})
+    async def status(
+        self,
+        host: str | None = None,
+        resource: str | None = None,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        """The full status (the seed's FullResourceStatus plus `pending`) with a page of the active instances
+        (`limit`, default 1000, after instance id `after`; `allocations_next` names the next page), or one
+        resource's."""
+        return await self.call("status", {"host": host, "resource": resource, "limit": limit, "after": after})
 
     async def can_allocate(self, resource: str, amount: int, host: str | None = None) -> bool:
         reply = await self.call("can_allocate", {"host": host, "resource": resource, "amount": amount})

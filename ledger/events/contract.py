@@ -258,7 +258,8 @@ def _parse_record(
     cls = _RECORDS[kind]
     for name, raw in data.items():
         # The records read null as "missing"; the contract allows null only where a value may be absent.
-        if raw is None and name not in cls.OPTIONAL_TEXT and name in cls.__dataclass_fields__:
+        optional = cls.OPTIONAL_TEXT | cls.OPTIONAL_AMOUNTS
+        if raw is None and name not in optional and name in cls.__dataclass_fields__:
             raise InvalidEvent(f"event.data: {kind}.{name} cannot be null", field=f"data.{name}")
     if cls is InstanceRecord and action == "deleted" and "state" not in data:
         data = {**data, "state": DELETED_STATE}

@@ -283,8 +283,8 @@ RECORD_CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "instance.started",
-        _data("instance", disk_io_bps=None),
-        "event.data: instance.disk_io_bps cannot be null",
+        _data("instance", vcpus=None),
+        "event.data: instance.vcpus cannot be null",
     ),
     (
         "instance.started",
@@ -666,3 +666,9 @@ def test_schemas_and_parser_agree_on_near_valid_events(event_type: str, data: st
     except InvalidEvent:
         accepted = False
     assert accepted == expected, f"schema says {expected}, parser says {accepted}"
+
+
+def test_a_null_bandwidth_is_left_unstated_like_a_missing_one() -> None:
+    """Null means absent, as in requests: the ledger charges it the default (ledger.core.charges)."""
+    event = parse_event(encode(envelope("instance.started", data=_data("instance", disk_io_bps=None))))
+    assert isinstance(event.record, InstanceRecord) and event.record.disk_io_bps is None
