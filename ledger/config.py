@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger.core.errors import ConfigError
+from ledger.core.errors import ConfigError, InvalidRequest
+from ledger.core.placement import check_labels, parse_labels
 from ledger.core.resources import DEFAULT_RATIOS, HOST_ID_FORBIDDEN, ResourceType
 from ledger.core.units import BANDWIDTH_FORMS, SIZE_FORMS, UnitError, parse_bandwidth, parse_size
 
-Raw = str | int | float | bool
+Raw = str | int | float | bool | dict[str, Any]  # a TOML table is a dict
 
 
 def _ratio(value: Raw) -> float:
@@ -35,7 +36,7 @@ def _ratio(value: Raw) -> float:
 
 
 def _number(value: Raw) -> float:
-    if isinstance(value, bool):
+    if isinstance(value, bool | dict):
         raise ValueError("must be a number")
     try:
         number = float(value)
@@ -69,7 +70,7 @@ def _seconds(value: Raw) -> float:
 
 def _whole(value: Raw, wrong: str) -> int:
     """`value` as an int when it is a whole number (16, "16", 16.0 from TOML), else ValueError(wrong)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool | dict):
         raise ValueError(wrong)
     try:
         number = int(value)
@@ -139,6 +140,23 @@ def default_host_id() -> str:
 
 def _path(value: Raw) -> Path:
     return Path(_text(value)).expanduser()
+
+
+def _labels(value: Raw) -> dict[str, str]:
+    """`zone=a,rack=r12` (or a TOML table) as host labels."""
+    try:
+        if isinstance(value, dict):
+            return check_labels(value, "host_labels")
+        return parse_labels(str(value), "host_labels")
+    except InvalidRequest as exc:
+        raise ValueError(exc.message.removeprefix("host_labels: ")) from None
+
+
+def _days(value: Raw) -> float:
+    number = _number(value)
+    if number < 0:
+        raise ValueError("must be 0 (keep forever) or a number of days greater than 0")
+    return number
 
 
 def _bool(value: Raw) -> bool:
@@ -402,6 +420,65 @@ SETTINGS: tuple[Setting, ...] = (
         'see "One after another" in docs/protocol.md',
         default_text=f"`{EMBEDDED_BUSY_POLL_US}` with the embedded NATS server, `0` when joining one",
     ),
+    Setting(
+        "host_labels",
+        ("LEDGER_HOST_LABELS",),
+        _labels,
+        "NAME=VALUE pairs separated by commas, e.g. zone=a,rack=r12 (in the TOML file also a table)",
+        "this host's labels, published with its capacity (`ledger agent`, `ledger serve`, `ledger host "
+        "refresh`) and matched by `ledger.v1.candidates` and `place`",
+        {},
+        "none",
+    ),
+    Setting(
+        "agent_interval",
+        ("LEDGER_AGENT_INTERVAL",),
+        _seconds,
+        "a number of seconds greater than 0",
+        "how often `ledger agent` runs discovery again and publishes the host's capacity if it changed",
+        60.0,
+    ),
+    Setting(
+        "retention_processed_days",
+        ("LEDGER_RETENTION_PROCESSED_DAYS",),
+        _days,
+        "a number of days (0 keeps them forever)",
+        "how long applied event ids are kept for de-duplication once the consumer is past them (an older "
+        "redelivery is still stale by its version)",
+        7.0,
+    ),
+    Setting(
+        "retention_reservations_days",
+        ("LEDGER_RETENTION_RESERVATIONS_DAYS",),
+        _days,
+        "a number of days (0 keeps them forever)",
+        "how long ended reservations (consumed, released, expired) are kept; held ones are never pruned",
+        7.0,
+    ),
+    Setting(
+        "retention_history_days",
+        ("LEDGER_RETENTION_HISTORY_DAYS",),
+        _days,
+        "a number of days (0 keeps it forever)",
+        "how long allocation history is kept (a product feature: kept forever by default)",
+        0.0,
+    ),
+    Setting(
+        "retention_dead_letters_days",
+        ("LEDGER_RETENTION_DEAD_LETTERS_DAYS",),
+        _days,
+        "a number of days (0 keeps them forever)",
+        "how long dead letters are kept",
+        90.0,
+    ),
+    Setting(
+        "prune_interval",
+        ("LEDGER_PRUNE_INTERVAL",),
+        _seconds,
+        "a number of seconds greater than 0",
+        "how often `ledger serve` prunes what the retention settings let go, in small batches",
+        300.0,
+    ),
     Setting("log_format", ("LEDGER_LOG_FORMAT",), _log_format, "text or json", "log line format", "text"),
     Setting("nats_user", ("LEDGER_NATS_USER",), _text, "a user name", "NATS user"),
     Setting("nats_password", ("LEDGER_NATS_PASSWORD",), _text, "a password", "NATS password", secret=True),
@@ -445,6 +522,13 @@ class Settings:
     default_bandwidth_uses_ratio: bool
     reservation_ttl: float
     busy_poll_us: int | None  # None: EMBEDDED_BUSY_POLL_US with the embedded NATS server, else 0
+    host_labels: Mapping[str, str]
+    agent_interval: float
+    retention_processed_days: float
+    retention_reservations_days: float
+    retention_history_days: float
+    retention_dead_letters_days: float
+    prune_interval: float
     log_format: str
     nats_user: str | None
     nats_password: str | None

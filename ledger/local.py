@@ -27,6 +27,7 @@ def refresh_host(ledger: Ledger, settings: Settings, root: Path = Path("/")) -> 
         {r: found.get(r) for r in ResourceType},
         {r: settings.ratio(r) for r in ResourceType},
         found.gpu,
+        labels=settings.host_labels,
     )
     return found
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from ledger.core.charges import AllocationRequest
 from ledger.core.errors import InvalidRequest, LedgerError
+from ledger.core.placement import SPREAD, check_labels, check_limit, check_policy
 from ledger.core.resources import ResourceType, parse_resource
 from ledger.core.results import Grant
 from ledger.core.strict_json import InvalidJSON, escape_text, loads
@@ -27,6 +28,7 @@ _string = encode_basestring_ascii  # how json.dumps writes a str (ensure_ascii, 
 
 PREFIX = "ledger.v1"
 MAX_REQUEST_BYTES = 64 * 1024  # far more than any request needs; NATS caps payloads at 1 MB anyway
+MAX_EXCLUDED = 1000  # hosts a fleet search may be told to leave out
 
 # Nats-Service-Error-Code values (HTTP-like, as the micro protocol suggests) for each stable code.
 HEADER_CODES = {
@@ -40,29 +42,31 @@ HEADER_CODES = {
     "internal": "500",
 }
 
-_STR, _INT, _NUM, _BOOL = "string", "integer", "number", "boolean"
+_STR, _INT, _NUM, _BOOL, _OBJ, _ARR = "string", "integer", "number", "boolean", "object", "array"
+# what is asked of a host (validate's amounts), and where to look for one (a fleet search)
+_AMOUNTS = {
+    "vcpus": _INT,
+    "memory_bytes": _INT,
+    "disk_bytes": _INT,
+    "network_download_bps": _INT,
+    "network_upload_bps": _INT,
+    "disk_io_bps": _INT,
+    "needs_gpu": _BOOL,
+    "gpu_profile": _STR,
+}
+_SEARCH = {"labels": _OBJ, "exclude_hosts": _ARR, "policy": _STR}
 
 # endpoint → {field: json type}; every field optional unless listed in REQUIRED.
 FIELDS: dict[str, dict[str, str]] = {
-    "validate": {
-        "host": _STR,
-        "vcpus": _INT,
-        "memory_bytes": _INT,
-        "disk_bytes": _INT,
-        "network_download_bps": _INT,
-        "network_upload_bps": _INT,
-        "disk_io_bps": _INT,
-        "needs_gpu": _BOOL,
-        "gpu_profile": _STR,
-        "idempotency_key": _STR,
-        "ttl_seconds": _NUM,
-    },
+    "validate": {"host": _STR, **_AMOUNTS, "idempotency_key": _STR, "ttl_seconds": _NUM},
     "release": {"reservation_id": _STR},
     "status": {"host": _STR, "resource": _STR, "allocations": _BOOL, "limit": _INT, "after": _STR},
     "can_allocate": {"host": _STR, "resource": _STR, "amount": _INT},
     "defaults": {"host": _STR, "vcpus": _INT},
     "image_pull_check": {"host": _STR},
     "hosts": {},
+    "candidates": {**_AMOUNTS, **_SEARCH, "limit": _INT},
+    "place": {**_AMOUNTS, **_SEARCH, "attempts": _INT, "idempotency_key": _STR, "ttl_seconds": _NUM},
 }
 REQUIRED: dict[str, frozenset[str]] = {
     "release": frozenset({"reservation_id"}),
@@ -70,7 +74,14 @@ REQUIRED: dict[str, frozenset[str]] = {
     "defaults": frozenset({"vcpus"}),
 }
 ENDPOINTS = tuple(FIELDS)
-_EXACT = {_STR: str, _INT: int, _NUM: float, _BOOL: bool}  # the Python type json.loads gives each
+_EXACT = {
+    _STR: str,
+    _INT: int,
+    _NUM: float,
+    _BOOL: bool,
+    _OBJ: dict,
+    _ARR: list,
+}  # the Python type json.loads gives each
 
 
 def _json_type(value: Any) -> str:
@@ -140,17 +151,48 @@ class ValidateRequest:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ValidateRequest:
-        allocation = AllocationRequest(
-            vcpus=body.get("vcpus", 0),
-            memory_bytes=body.get("memory_bytes", 0),
-            disk_bytes=body.get("disk_bytes", 0),
-            network_download_bps=body.get("network_download_bps"),  # absent: charged the default
-            network_upload_bps=body.get("network_upload_bps"),
-            disk_io_bps=body.get("disk_io_bps"),
-            needs_gpu=body.get("needs_gpu", False),
-            gpu_profile=body.get("gpu_profile"),
-        )
+        allocation = allocation_request(body)
         return cls(body.get("host"), allocation, body.get("idempotency_key"), body.get("ttl_seconds"))
+
+
+def allocation_request(body: Mapping[str, Any]) -> AllocationRequest:
+    """The amounts a validate, candidates or place request asks for."""
+    return AllocationRequest(
+        vcpus=body.get("vcpus", 0),
+        memory_bytes=body.get("memory_bytes", 0),
+        disk_bytes=body.get("disk_bytes", 0),
+        network_download_bps=body.get("network_download_bps"),  # absent: charged the default
+        network_upload_bps=body.get("network_upload_bps"),
+        disk_io_bps=body.get("disk_io_bps"),
+        needs_gpu=body.get("needs_gpu", False),
+        gpu_profile=body.get("gpu_profile"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRequest:
+    """Where a candidates or place request looks: labels every host must carry, hosts to leave out, the
+    policy that ranks them, and how many to return (candidates) or try (place)."""
+
+    labels: dict[str, str]
+    exclude_hosts: tuple[str, ...]
+    policy: str
+    limit: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], *, count: str, default: int, maximum: int) -> SearchRequest:
+        exclude = body.get("exclude_hosts", [])
+        if not all(isinstance(host, str) for host in exclude) or len(exclude) > MAX_EXCLUDED:
+            raise InvalidRequest(
+                f"exclude_hosts must be a list of at most {MAX_EXCLUDED} host ids (strings)",
+                field="exclude_hosts",
+            )
+        return cls(
+            labels=check_labels(body.get("labels", {})),
+            exclude_hosts=tuple(exclude),
+            policy=check_policy(body.get("policy", SPREAD)),
+            limit=check_limit(body.get(count, default), count, maximum),
+        )
 
 
 def resource_field(body: Mapping[str, Any]) -> ResourceType | None:

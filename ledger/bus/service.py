@@ -28,7 +28,9 @@ from ledger.bus.busy_poll import BusyPoll
 from ledger.bus.protocol import (
     ENDPOINTS,
     PREFIX,
+    SearchRequest,
     ValidateRequest,
+    allocation_request,
     error_reply,
     grant_reply,
     ok,
@@ -38,6 +40,7 @@ from ledger.bus.protocol import (
 from ledger.core.capacity import check_amount
 from ledger.core.charges import Ask
 from ledger.core.errors import InvalidRequest, LedgerError
+from ledger.core.placement import DEFAULT_ATTEMPTS, DEFAULT_LIMIT, MAX_ATTEMPTS, MAX_LIMIT
 from ledger.core.results import Grant
 from ledger.store.ledger import HostAsk, Ledger
 
@@ -52,7 +55,8 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class LedgerService:
-    """Answers validate, release, status, can_allocate, defaults, image_pull_check and hosts."""
+    """Answers validate, release, status, can_allocate, defaults, image_pull_check, hosts, candidates and
+    place."""
 
     def __init__(
         self,
@@ -98,6 +102,8 @@ class LedgerService:
             "defaults": self._defaults,
             "image_pull_check": self._image_pull_check,
             "hosts": self._hosts,
+            "candidates": self._candidates,
+            "place": self._place,
         }
         assert {*self._handlers, "validate"} == set(ENDPOINTS)
 
@@ -329,3 +335,28 @@ class LedgerService:
 
     def _hosts(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"hosts": self.ledger.host_ids()}
+
+    def _candidates(self, body: dict[str, Any]) -> dict[str, Any]:
+        search = SearchRequest.from_body(body, count="limit", default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
+        found = self.ledger.candidates(
+            allocation_request(body),
+            labels=search.labels,
+            exclude=search.exclude_hosts,
+            policy=search.policy,
+            limit=search.limit,
+        )
+        return found.to_dict()
+
+    def _place(self, body: dict[str, Any]) -> dict[str, Any]:
+        search = SearchRequest.from_body(
+            body, count="attempts", default=DEFAULT_ATTEMPTS, maximum=MAX_ATTEMPTS
+        )
+        ask = Ask(allocation_request(body), body.get("idempotency_key"), body.get("ttl_seconds"))
+        grant = self.ledger.place(
+            ask,
+            labels=search.labels,
+            exclude=search.exclude_hosts,
+            policy=search.policy,
+            attempts=search.limit,
+        )
+        return grant.to_dict()

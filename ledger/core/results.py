@@ -123,9 +123,10 @@ class FullStatus:
     allocations: list[AllocationBreakdown] = field(default_factory=list)
     allocations_total: int = 0
     allocations_next: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"host": self.host_id}
+        data: dict[str, Any] = {"host": self.host_id, "labels": dict(self.labels)}
         for resource in ResourceType:
             data[resource.value] = self.resources[resource].to_dict()
         data["disk_breakdown"] = self.disk_breakdown.to_dict()

@@ -34,5 +34,11 @@ def apply_event(ledger: Ledger, event: Event, stream_seq: int | None = None) -> 
     if isinstance(record, OciCacheRecord):
         return ledger.apply_oci_cache(event.host, record, version=event.version, mark=mark)
     return ledger.register_host(
-        event.host, record.capacities, record.ratios, record.gpu, version=event.version, mark=mark
+        event.host,
+        record.capacities,
+        record.ratios,
+        record.gpu,
+        labels=record.labels,
+        version=event.version,
+        mark=mark,
     )

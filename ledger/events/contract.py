@@ -11,12 +11,13 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from ledger.core.errors import InvalidRequest
 from ledger.core.gpu import PASSTHROUGH, VGPU, GPUProfile, GPUStatus, PassthroughDevice
+from ledger.core.placement import check_labels
 from ledger.core.records import MAX_ID_LENGTH, ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
 from ledger.core.resources import DELETED_STATE, HOST_ID_FORBIDDEN, Capacity, ResourceType, Source
 from ledger.core.strict_json import InvalidJSON, check_strings, loads
@@ -77,11 +78,12 @@ class InvalidEvent(InvalidRequest):
 
 @dataclass(frozen=True, slots=True)
 class HostCapacityRecord:
-    """A remote host's discovered capacities (discovery's HostCapacities.to_dict) and its ratios."""
+    """A remote host's discovered capacities (discovery's HostCapacities.to_dict), ratios and labels."""
 
     capacities: Mapping[ResourceType, Capacity]
     ratios: Mapping[ResourceType, float]
     gpu: GPUStatus | None
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 EventRecord = InstanceRecord | VolumeRecord | ImageRecord | OciCacheRecord | HostCapacityRecord
@@ -286,14 +288,18 @@ def _check_instance_limits(record: InstanceRecord) -> None:
 
 
 _CAPACITY_FIELDS = frozenset({"capacity", "source", "hint"})
-_HOST_CAPACITY_FIELDS = frozenset({*(r.value for r in ResourceType), "gpu", "ratios"})
+_HOST_CAPACITY_FIELDS = frozenset({*(r.value for r in ResourceType), "gpu", "ratios", "labels"})
 
 
 def _parse_host_capacity(data: Mapping[str, Any]) -> HostCapacityRecord:
     _fields(data, "data", required=frozenset(r.value for r in ResourceType), known=_HOST_CAPACITY_FIELDS)
     ratios = _ratios(data.get("ratios", {}))
     found = {r: _capacity(data[r.value], f"data.{r.value}") for r in ResourceType}
-    return HostCapacityRecord(found, ratios, _gpu(data.get("gpu"), "data.gpu"))
+    try:
+        labels = check_labels(data.get("labels", {}), "data.labels")
+    except InvalidRequest as exc:
+        raise InvalidEvent(f"event.{exc.message}", field="data.labels") from None
+    return HostCapacityRecord(found, ratios, _gpu(data.get("gpu"), "data.gpu"), labels)
 
 
 def _capacity(value: Any, where: str) -> Capacity:

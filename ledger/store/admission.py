@@ -60,8 +60,9 @@ class Admission:
         self.reservation_ttl = reservation_ttl
         self.clock = clock
 
-    def admit(self, tx: Tx, asks: Sequence[HostAsk]) -> list[Answer]:
-        """The answer to every ask, in order; asks for different hosts do not affect each other."""
+    def admit(self, tx: Tx, asks: Sequence[HostAsk], *, fleet_keys: bool = False) -> list[Answer]:
+        """The answer to every ask, in order; asks for different hosts do not affect each other. With
+        `fleet_keys` (`place`) a new hold's idempotency key is recorded as unique across the fleet."""
         answers: list[Answer | None] = [None] * len(asks)
         by_host: dict[str, list[int]] = {}
         for index, (host_id, _) in enumerate(asks):
@@ -88,6 +89,10 @@ class Admission:
                 tx.hold_expiring(host, plan.earliest)
             for index, answer in zip(indices, plan.answers, strict=True):
                 answers[index] = answer
+                key = asks[index][1].key
+                if fleet_keys and key is not None and isinstance(answer, Grant) and not answer.replayed:
+                    created = self.sql.bind_time(self.clock())
+                    tx.placements.append((key, host_id, answer.reservation_id, created))
         return answers  # type: ignore[return-value]  # every index was answered above
 
     def decide(self, state: HostState, group: Sequence[Ask], earlier: dict[str, EarlierHold]) -> Decision:

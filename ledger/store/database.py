@@ -17,11 +17,12 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from ledger.core.errors import Unavailable
+from ledger.store.engine import READ_ONLY
 from ledger.store.sql import Sql
 from ledger.store.tx import LockedHost, Statements, Tx
 
@@ -79,6 +80,15 @@ class Database:
         except self._driver_errors as exc:
             raise Unavailable(f"database unavailable: {_reason(exc)}") from exc
         self._committed(tx)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A transaction that only reads: on SQLite it takes no write lock (a plain deferred BEGIN)."""
+        try:
+            with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+                yield conn
+        except self._driver_errors as exc:
+            raise Unavailable(f"database unavailable: {_reason(exc)}") from exc
 
     @contextmanager
     def batch(self) -> Iterator[Tx]:

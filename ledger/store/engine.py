@@ -12,6 +12,7 @@ from sqlalchemy.pool import NullPool
 from ledger.core.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_S = 30
+READ_ONLY = "ledger_read_only"  # a connection execution option: the transaction only reads
 SQLITE_CACHE_KIB = 64 * 1024
 
 
@@ -63,8 +64,10 @@ def _sqlite_engine(url: URL, *, foreign_keys: bool) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # Take the write lock up front: read-sum-then-insert is only exact when no one else can write.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Take the write lock up front: read-sum-then-insert is only exact when no one else can write. A
+        # reader (execution option READ_ONLY) begins a plain deferred transaction and never blocks a writer.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

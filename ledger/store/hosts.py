@@ -25,6 +25,8 @@ from ledger.store.totals import allocated, pending
 from ledger.store.tx import LockedHost, Tx
 
 _UNDETECTED = ResourceLimit(0, 0, 0.0, Source.UNDETECTED)
+# the capacities default bandwidths are shares of (kept on the host row for fleet searches)
+_DEFAULTED_FROM = (ResourceType.CPU, ResourceType.NETWORK, ResourceType.DISK_IO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,7 @@ class HostLimits:
     limits: tuple[ResourceLimit, ...]
     gpu: dict[str, Any] | None = None  # discovery's GPUStatus as JSON
     profiles: dict[str, int] = field(default_factory=dict)  # vGPU profile name → instances available
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 class Hosts:
@@ -46,7 +49,7 @@ class Hosts:
             f"SELECT resource, capacity, effective_limit, oversub_ratio, source, hint FROM capacities "
             f"WHERE host_id = {m}"
         )
-        self._select_gpu = f"SELECT gpu_status FROM hosts WHERE host_id = {m}"
+        self._select_gpu = f"SELECT gpu_status, labels FROM hosts WHERE host_id = {m}"
         self._cache: dict[str, tuple[int, HostLimits]] = {}
 
     def register(
@@ -56,11 +59,12 @@ class Hosts:
         ratios: Mapping[ResourceType, float],
         gpu: GPUStatus | None = None,
         *,
+        labels: Mapping[str, str] | None = None,
         version: int | None = None,
         mark: EventMark | None = None,
         then: Callable[[Tx, LockedHost, str], None] | None = None,
     ) -> ApplyResult:
-        """Create or refresh a host's capacities, ratios and GPU inventory (usage is left alone).
+        """Create or refresh a host's capacities, ratios, GPU inventory and labels (usage is left alone).
 
         A `host.capacity` event passes its `version` and `mark`: a redelivery is a duplicate and an older
         snapshot delivered late is stale, as for every other entity. `then` runs in the same transaction
@@ -88,6 +92,10 @@ class Hosts:
                 journal.mark(tx, mark, host_id, host_id, version, "stale")
                 return ApplyResult("stale", host_id, version)
             now = self.db.clock()
+            limits = {
+                r: rules.effective_limit(found[r].capacity, rules.oversub_ratio(r, ratios.get(r)))
+                for r in ResourceType
+            }
             conn.execute(
                 update(hosts)
                 .where(hosts.c.host_id == host_id)
@@ -96,6 +104,9 @@ class Hosts:
                     gpu_status=json.dumps(gpu.to_dict()) if gpu else None,
                     gpu_total=gpu.total_slots if gpu else 0,
                     gpu_busy=gpu.used_slots if gpu else 0,
+                    labels=dict(labels or {}),
+                    **{f"limit_{r.value}": limits[r] for r in ResourceType},
+                    **{f"capacity_{r.value}": found[r].capacity for r in _DEFAULTED_FROM},
                     capacity_version=hosts.c.capacity_version + 1,
                     updated_at=now,
                 )
@@ -108,7 +119,6 @@ class Hosts:
             rows = []
             for resource in ResourceType:
                 cap = found[resource]
-                ratio = rules.oversub_ratio(resource, ratios.get(resource))
                 rows.append(
                     {
                         "host_id": host_id,
@@ -116,8 +126,8 @@ class Hosts:
                         "capacity": cap.capacity,
                         "source": cap.source.value,
                         "hint": cap.hint,
-                        "oversub_ratio": ratio,
-                        "effective_limit": rules.effective_limit(cap.capacity, ratio),
+                        "oversub_ratio": rules.oversub_ratio(resource, ratios.get(resource)),
+                        "effective_limit": limits[resource],
                         "updated_at": now,
                     }
                 )
@@ -157,10 +167,12 @@ class Hosts:
             _, cap, limit, ratio, source, hint = row
             limits.append(ResourceLimit(cap, limit, ratio, Source(source), hint))
         cursor.execute(self._select_gpu, (host.host_id,))
-        text = cursor.fetchone()[0]
+        text, labels = cursor.fetchone()
         gpu = json.loads(text) if text else None
         profiles = {p["name"]: int(p.get("available", 0)) for p in (gpu or {}).get("profiles", [])}
-        found = HostLimits(tuple(limits), gpu, profiles)
+        if isinstance(labels, str):  # SQLite keeps JSON as text; psycopg reads JSONB as a dict
+            labels = json.loads(labels)
+        found = HostLimits(tuple(limits), gpu, profiles, dict(labels or {}))
         self._cache[host.host_id] = (host.capacity_version, found)
         return found
 

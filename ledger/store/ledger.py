@@ -30,11 +30,13 @@ from ledger.store.admission import Admission, Answer, HostAsk
 from ledger.store.database import Database
 from ledger.store.engine import make_engine
 from ledger.store.entities import Entities
+from ledger.store.fleet import Fleet, Search
 from ledger.store.hosts import Hosts
 from ledger.store.journal import DeadLetterRecord, EventMark
 from ledger.store.migrate import ensure_schema
 from ledger.store.models import utcnow
 from ledger.store.optimistic import OptimisticAdmission
+from ledger.store.place import Placer
 from ledger.store.reservations import Reservations
 from ledger.store.status import Status
 
@@ -65,6 +67,8 @@ class Ledger:
         )
         self.entities = Entities(self.db, self.hosts, self.reservations, self.defaults)
         self._status = Status(self.db, self.hosts)
+        self.fleet = Fleet(self.db, self.hosts, self.defaults, reservation_ttl)
+        self.placer = Placer(self.db, self.fleet, self.admission)
         # PostgreSQL only (one round trip instead of four); `optimistic=False` measures what it is worth
         self.optimistic = (
             OptimisticAdmission(self.db, self.admission) if optimistic and not self.db.sqlite else None
@@ -151,6 +155,38 @@ class Ledger:
             return None, False
         return await self.optimistic.admit_async(asks), True
 
+    # ---- the fleet ----------------------------------------------------------------------------------------
+
+    def candidates(
+        self,
+        request: AllocationRequest,
+        *,
+        labels: Mapping[str, str] | None = None,
+        exclude: Sequence[str] = (),
+        policy: str = "spread",
+        limit: int = 10,
+    ) -> Search:
+        """The hosts `request` fits on, best first for `policy` (reads only; holds nothing)."""
+        return self.fleet.search(request, labels=labels or {}, exclude=exclude, policy=policy, limit=limit)
+
+    def place(
+        self,
+        ask: Ask,
+        *,
+        labels: Mapping[str, str] | None = None,
+        exclude: Sequence[str] = (),
+        policy: str = "spread",
+        attempts: int = 3,
+    ) -> Grant:
+        """Hold `ask` on the best host that takes it, trying the next candidate when a concurrent caller
+        took the room first (up to `attempts`); the key is unique across the fleet. Raises the refusal."""
+        answer = self.placer.place(
+            ask, labels=labels or {}, exclude=exclude, policy=policy, attempts=attempts
+        )
+        if isinstance(answer, LedgerError):
+            raise answer
+        return answer
+
     # ---- reservations -----------------------------------------------------------------------------------
 
     def reservation(self, reservation_id: str) -> ReservationInfo:
@@ -169,12 +205,20 @@ class Ledger:
         ratios: Mapping[ResourceType, float],
         gpu: GPUStatus | None = None,
         *,
+        labels: Mapping[str, str] | None = None,
         version: int | None = None,
         mark: EventMark | None = None,
     ) -> ApplyResult:
-        """Create or refresh a host's capacities, ratios and GPU inventory (usage is left alone)."""
+        """Create or refresh a host's capacities, ratios, GPU inventory and labels (usage is left alone)."""
         return self.hosts.register(
-            host_id, found, ratios, gpu, version=version, mark=mark, then=self.entities.recharge_defaults
+            host_id,
+            found,
+            ratios,
+            gpu,
+            labels=labels,
+            version=version,
+            mark=mark,
+            then=self.entities.recharge_defaults,
         )
 
     def host_ids(self) -> list[str]:

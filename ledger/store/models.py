@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -86,6 +88,18 @@ class Host(Base):
     # No held reservation expires before this (a lower bound): admission skips the expiry sweep until then.
     next_expiry: Mapped[datetime | None] = mapped_column(UTCDateTime())
     gpu_status: Mapped[str | None] = mapped_column(Text)  # discovery's GPUStatus as JSON
+    # the host's labels ({"zone": "a", ...}), from host.capacity or `ledger host refresh`
+    labels: Mapped[dict[str, str]] = mapped_column(JSON().with_variant(JSONB(), "postgresql"), default=dict)
+    # what placement reads of the capacities table, kept on the row so a fleet search reads one row a host:
+    # each resource's effective limit, and the raw capacities default bandwidths are shares of
+    limit_cpu: Mapped[int] = mapped_column(Amount, default=0)
+    limit_memory: Mapped[int] = mapped_column(Amount, default=0)
+    limit_disk: Mapped[int] = mapped_column(Amount, default=0)
+    limit_network: Mapped[int] = mapped_column(Amount, default=0)
+    limit_disk_io: Mapped[int] = mapped_column(Amount, default=0)
+    capacity_cpu: Mapped[int] = mapped_column(Amount, default=0)
+    capacity_network: Mapped[int] = mapped_column(Amount, default=0)
+    capacity_disk_io: Mapped[int] = mapped_column(Amount, default=0)
     gpu_total: Mapped[int] = mapped_column(Integer, default=0)
     gpu_busy: Mapped[int] = mapped_column(Integer, default=0)  # slots discovery saw in use (vfio / mdev)
     # allocated = what active instances, volumes, images and the OCI cache hold
@@ -228,6 +242,18 @@ class Reservation(Base):
         UniqueConstraint("host_id", "idempotency_key"),
         Index(None, "host_id", "status", "expires_at"),
     )
+
+
+class Placement(Base):
+    """Which host a `place` call's idempotency key reserved on: unique across the fleet, so a retry on any
+    replica finds the same reservation on the same host."""
+
+    __tablename__ = "placements"
+
+    idempotency_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.host_id", ondelete="CASCADE"), index=True)
+    reservation_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AllocationLog(Base):

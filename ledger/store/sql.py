@@ -23,6 +23,7 @@ from ledger.store.models import (
     Image,
     Instance,
     OciCache,
+    Placement,
     Reservation,
     UTCDateTime,
     Volume,
@@ -36,6 +37,7 @@ images = cast(Table, Image.__table__)
 oci_cache = cast(Table, OciCache.__table__)
 reservations = cast(Table, Reservation.__table__)
 allocation_log = cast(Table, AllocationLog.__table__)
+placements = cast(Table, Placement.__table__)
 
 Cursor = Any  # a DBAPI cursor (sqlite3 or psycopg): neither has a common typed interface
 

@@ -87,6 +87,7 @@ class Status:
                 allocations=page,
                 allocations_total=total,
                 allocations_next=following,
+                labels=limits.labels,
             )
 
     def resource(self, host_id: str, resource: ResourceType) -> ResourceStatus:

@@ -15,15 +15,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import JSON, Connection
 
 from ledger.core.admission import check_totals
 from ledger.core.errors import UnknownHost
 from ledger.core.results import EXPIRED, HELD
 from ledger.store.rows import HOLD_AMOUNTS, HOLD_COLUMNS, LOG_COLUMNS, Delta, hold_delta, log_row
-from ledger.store.sql import Cursor, Sql
+from ledger.store.sql import Cursor, Sql, hosts
 from ledger.store.totals import TOTAL_COLUMNS, allocated, pending
 
+# The value each NOT NULL column of a fresh host row starts with (the JSON labels: an empty object).
+_FRESH_HOST = {
+    c.name: "{}" if isinstance(c.type, JSON) else 0
+    for c in hosts.c
+    if not c.nullable and c.name not in {"host_id", "created_at", "updated_at"}
+}
 HOST_COLUMNS = (
     "host_id",
     "capacity_version",
@@ -68,19 +74,11 @@ class Statements:
         m = sql.mark
         self.sql = sql
         self.select_host = f"SELECT {', '.join(HOST_COLUMNS)} FROM hosts WHERE host_id = {m}{sql.for_update}"
-        fresh = (
-            "host_id",
-            "created_at",
-            "updated_at",
-            "capacity_version",
-            "revision",
-            "gpu_total",
-            "gpu_busy",
-        )
-        conflict = "" if sql.sqlite else " ON CONFLICT (host_id) DO NOTHING"
+        # a host row made by a record that arrived before the host registered: every other column empty
+        self.fresh_host = tuple(_FRESH_HOST.values())
         self.insert_host = (
-            f"INSERT {'OR IGNORE ' if sql.sqlite else ''}INTO hosts ({', '.join(fresh + TOTAL_COLUMNS)}) "
-            f"VALUES ({sql.marks(len(fresh) + len(TOTAL_COLUMNS))}){conflict}"
+            f"INSERT INTO hosts (host_id, created_at, updated_at, {', '.join(_FRESH_HOST)}) "
+            f"VALUES ({sql.marks(3 + len(_FRESH_HOST))}) ON CONFLICT (host_id) DO NOTHING"
         )
         self.sweep = (
             f"UPDATE reservations SET status = '{EXPIRED}', ended_at = {m} "
@@ -95,6 +93,9 @@ class Statements:
             f"revision = revision + 1 WHERE host_id = {m}"
         )
         self.insert_hold = sql.insert("reservations", HOLD_COLUMNS)
+        self.insert_placement = sql.insert(
+            "placements", ("idempotency_key", "host_id", "reservation_id", "created_at")
+        )
         self.insert_log = sql.insert("allocation_log", LOG_COLUMNS)
 
 
@@ -111,6 +112,7 @@ class Tx:
         self.hosts: dict[str, LockedHost] = {}
         self.holds: list[tuple[Any, ...]] = []
         self.logs: list[tuple[Any, ...]] = []
+        self.placements: list[tuple[Any, ...]] = []  # fleet-wide place keys of new holds
 
     def lock(self, host_id: str, *, create: bool = False) -> LockedHost:
         """The host's row, locked until commit, expired holds swept; `create` makes an empty host row for
@@ -123,7 +125,7 @@ class Tx:
         found = self.cursor.fetchone()
         if found is None and create:
             now = self.sql.bind_time(self.clock())
-            self.cursor.execute(s.insert_host, (host_id, now, now, 0, 0, 0, 0, *[0] * len(TOTAL_COLUMNS)))
+            self.cursor.execute(s.insert_host, (host_id, now, now, *s.fresh_host))
             self.cursor.execute(s.select_host, (host_id,))
             found = self.cursor.fetchone()
         if found is None:
@@ -198,6 +200,9 @@ class Tx:
         if self.logs:
             cursor.executemany(s.insert_log, self.logs)
             self.logs = []
+        if self.placements:  # a key another replica placed meanwhile fails here: the caller replays it
+            cursor.executemany(s.insert_placement, self.placements)
+            self.placements = []
         changed = [host for host in self.hosts.values() if host.changed]
         if changed:
             cursor.executemany(

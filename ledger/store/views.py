@@ -211,3 +211,39 @@ def views_v2(dialect: str) -> list[tuple[str, str]]:
         ("allocation_history", _ALLOCATION_HISTORY_V1),
         ("ledger_drift", _drift_v1()),
     ]
+
+
+# ---- version 3: the fleet ---------------------------------------------------------------------------------
+
+_FLEET_STATUS_V3 = """
+SELECT c.host_id, c.resource, c.capacity, c.effective_limit, t.allocated, t.pending,
+       {available} AS available,
+       c.oversub_ratio, c.source, h.labels
+FROM capacities c
+JOIN hosts h ON h.host_id = c.host_id
+JOIN (
+    SELECT h.host_id, c.resource, {allocated} AS allocated, {pending} AS pending
+    FROM hosts h JOIN capacities c ON c.host_id = h.host_id
+) t ON t.host_id = c.host_id AND t.resource = c.resource
+"""
+# the running totals a host row keeps, per resource (disk adds its four parts)
+_TOTALS_ALLOCATED = """CASE c.resource WHEN 'cpu' THEN h.alloc_cpu WHEN 'memory' THEN h.alloc_memory
+           WHEN 'disk' THEN h.images_bytes + h.oci_cache_bytes + h.volumes_bytes + h.overlays_bytes
+           WHEN 'network' THEN h.alloc_network WHEN 'disk_io' THEN h.alloc_disk_io END"""
+_TOTALS_PENDING = """CASE c.resource WHEN 'cpu' THEN h.pend_cpu WHEN 'memory' THEN h.pend_memory
+           WHEN 'disk' THEN h.pend_disk WHEN 'network' THEN h.pend_network
+           WHEN 'disk_io' THEN h.pend_disk_io END"""
+
+
+def views_v3(dialect: str) -> list[tuple[str, str]]:
+    """(name, SELECT) in creation order for schema version 3: version 2 plus `fleet_status`, which reads the
+    hosts' running totals (what admission decides on) rather than recomputing them from the rows."""
+    fleet = _FLEET_STATUS_V3.format(
+        available=available_sql("c.effective_limit", "t.allocated", "t.pending"),
+        allocated=_TOTALS_ALLOCATED,
+        pending=_TOTALS_PENDING,
+    )
+    return [*views_v2(dialect), ("fleet_status", fleet)]
+
+
+current = views_v3  # the views the newest migration creates

@@ -945,7 +945,7 @@ HUGE = 2**62  # two of these pass 2⁶³−1
 
 
 def _every_view_reads(ledger: Ledger, host_id: str) -> None:
-    """Each reporting view answers for the host (an overflowed total made all of them fail, for every host)."""
+    """Each reporting view answers for the host (an overflowed total made every one fail, for every host)."""
     for view in ("resource_status", "instance_allocations", "disk_breakdown", "ledger_usage", "ledger_drift"):
         _view(ledger, f"SELECT * FROM {view} WHERE host_id = :h", host_id)
 

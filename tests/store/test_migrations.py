@@ -15,7 +15,7 @@ from sqlalchemy import inspect
 from ledger.store import migrate
 from ledger.store.engine import make_engine
 from ledger.store.ledger import Ledger
-from ledger.store.views import views_v1
+from ledger.store.views import current
 
 TABLES = {
     "hosts",
@@ -29,8 +29,9 @@ TABLES = {
     "consumer_positions",
     "processed_events",
     "dead_letters",
+    "placements",
 }
-VIEWS = {name for name, _ in views_v1("sqlite")}
+VIEWS = {name for name, _ in current("sqlite")}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -65,7 +66,7 @@ def _revisions_base_to_head() -> list[str]:
 
 
 def test_the_views_list_is_the_same_on_both_engines() -> None:
-    assert [n for n, _ in views_v1("sqlite")] == [n for n, _ in views_v1("postgresql")]
+    assert [n for n, _ in current("sqlite")] == [n for n, _ in current("postgresql")]
     assert {"resource_status", "instance_allocations", "disk_breakdown", "allocation_history"} <= VIEWS
 
 

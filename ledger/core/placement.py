@@ -1,0 +1,129 @@
+"""Placement across a fleet: host labels, how candidate hosts are ranked, and what a refusal says when no
+host fits. Whether a host fits is `core.admission.decide`'s answer, never decided here."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ledger.core.capacity import available
+from ledger.core.charges import Charge
+from ledger.core.errors import InvalidRequest
+from ledger.core.host import HostState
+from ledger.core.resources import ADMISSION_ORDER, RESOURCES
+
+SPREAD, PACK = "spread", "pack"
+POLICIES: Final = (SPREAD, PACK)
+DEFAULT_LIMIT: Final = 10
+MAX_LIMIT: Final = 1000
+DEFAULT_ATTEMPTS: Final = 3
+MAX_ATTEMPTS: Final = 20
+MAX_LABELS: Final = 32
+MAX_LABEL_NAME: Final = 63
+MAX_LABEL_VALUE: Final = 255
+_LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]*")
+# the outcome a host that does not carry a requested label counts under, and one per resource and the GPU
+LABELS: Final = "labels"
+GPU: Final = "gpu"
+SHORTFALL_KEYS: Final = (*(r.value for r in ADMISSION_ORDER), GPU, LABELS)
+
+
+def check_labels(value: Any, field: str = "labels") -> dict[str, str]:
+    """Host labels as a plain dict, or InvalidRequest saying what is wrong: at most 32 pairs, names of 1–63
+    letters, digits, `_ - . /` (starting with a letter or digit), values of at most 255 characters."""
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"{field} must be an object of name → value strings", field=field)
+    if len(value) > MAX_LABELS:
+        raise InvalidRequest(f"{field} has {len(value)} labels; at most {MAX_LABELS}", field=field)
+    labels: dict[str, str] = {}
+    for name, text in value.items():
+        if not isinstance(name, str) or len(name) > MAX_LABEL_NAME or not _LABEL_NAME.fullmatch(name):
+            raise InvalidRequest(
+                f"{field}: label name {str(name)[:80]!r} must be 1 to {MAX_LABEL_NAME} letters, digits, "
+                "'_', '-', '.' or '/', starting with a letter or digit",
+                field=field,
+            )
+        if not isinstance(text, str) or len(text) > MAX_LABEL_VALUE:
+            raise InvalidRequest(
+                f"{field}: label {name!r} must be a string of at most {MAX_LABEL_VALUE} characters",
+                field=field,
+            )
+        labels[name] = text
+    return labels
+
+
+def parse_labels(text: str, field: str = "labels") -> dict[str, str]:
+    """`zone=a,rack=r12` → {"zone": "a", "rack": "r12"} (the environment's and the CLI's form)."""
+    pairs: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, equals, value = part.partition("=")
+        if not equals:
+            raise InvalidRequest(f"{field}: {part!r} is not NAME=VALUE", field=field)
+        pairs[name.strip()] = value.strip()
+    return check_labels(pairs, field)
+
+
+def check_policy(value: Any) -> str:
+    if value not in POLICIES:
+        raise InvalidRequest(
+            f"policy must be one of {', '.join(POLICIES)}, got {str(value)[:40]!r}", field="policy"
+        )
+    return str(value)
+
+
+def check_limit(value: Any, field: str, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidRequest(f"{field} must be a whole number from 1 to {maximum}", field=field)
+    return value
+
+
+def room_after(host: HostState, charge: Charge) -> float:
+    """How much room the host has left once `charge` is held, judged by its tightest resource: the least,
+    over resources with a limit, of what would be left as a fraction of the limit."""
+    amounts = charge.amounts()
+    least = 1.0
+    for index, limit in enumerate(host.limits):
+        if limit.effective_limit <= 0:
+            continue
+        left = available(limit.effective_limit, host.allocated[index], host.pending[index]) - amounts[index]
+        least = min(least, float(left) / float(limit.effective_limit))  # as SQL ranks it: in doubles
+    return least
+
+
+def ranked(scored: Sequence[tuple[str, float]], policy: str) -> list[tuple[str, float]]:
+    """Best first: `spread` puts the host left with the most room first, `pack` the least; ties by host id."""
+    if policy == SPREAD:
+        return sorted(scored, key=lambda item: (-item[1], item[0]))
+    return sorted(scored, key=lambda item: (item[1], item[0]))
+
+
+@dataclass(frozen=True, slots=True)
+class Shortfalls:
+    """Why the hosts that were considered do not fit: how many fail first on each resource (or the GPU),
+    and how many lack each requested label."""
+
+    considered: int
+    fitting: int
+    by_resource: Mapping[str, int]  # resource name or "gpu" → hosts that fail first on it
+    by_label: Mapping[str, int]  # "name=value" → hosts that lack that pair (the first they lack)
+
+    def to_dict(self) -> dict[str, int]:
+        counts = {key: 0 for key in SHORTFALL_KEYS}
+        counts.update(self.by_resource)
+        counts[LABELS] = sum(self.by_label.values())
+        return counts
+
+    def summary(self) -> str:
+        """One line people can act on, e.g. `no host fits: 7950 short of cpu, 2000 short of memory, 50 without
+        label zone=b (10000 considered)`."""
+        parts = [f"{self.by_resource[k]} short of {k}" for k in SHORTFALL_KEYS if self.by_resource.get(k)]
+        parts += [f"{n} without label {pair}" for pair, n in self.by_label.items() if n]
+        reasons = ", ".join(parts) if parts else "no host to consider"
+        return f"no host fits: {reasons} ({self.considered} considered)"
+
+
+RESOURCE_NAMES: Final = tuple(r.value for r in RESOURCES)

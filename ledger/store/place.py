@@ -1,0 +1,87 @@
+"""`place`: find the best host and hold there, in one call, with an idempotency key unique across the fleet.
+
+The search (store/fleet) reads without locking, so by the time a hold is tried on the best candidate a
+concurrent caller may have taken the room: that host's admission then refuses, and the next candidate is
+tried, up to `attempts`. A key is recorded in `placements` in the hold's own transaction; a retry (on any
+replica) finds it there and is answered by that host's admission, which replays the reservation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ledger.core.charges import Ask
+from ledger.core.errors import InsufficientResources, LedgerError
+from ledger.store.admission import Admission, Answer
+from ledger.store.database import Database
+from ledger.store.fleet import Fleet, Search
+from ledger.store.sql import placements as placements_table
+
+
+class Placer:
+    """Places one ask on the best host that takes it (see the module docstring)."""
+
+    def __init__(self, db: Database, fleet: Fleet, admission: Admission) -> None:
+        self.db = db
+        self.fleet = fleet
+        self.admission = admission
+        self._duplicates = (IntegrityError, db.engine.dialect.loaded_dbapi.IntegrityError)
+
+    def place(
+        self,
+        ask: Ask,
+        *,
+        labels: Mapping[str, str],
+        exclude: Sequence[str],
+        policy: str,
+        attempts: int,
+    ) -> Answer:
+        """The grant (its host named in it), or why not: the search's summary when no host fits."""
+        if ask.key is not None:
+            host = self.placed(ask.key)
+            if host is not None:
+                return self._on(host, ask)
+        search = self.fleet.search(ask.request, labels=labels, exclude=exclude, policy=policy, limit=attempts)
+        for candidate in search.candidates:
+            try:
+                answer = self._on(candidate.host_id, ask)
+            except self._duplicates:  # another caller placed the same key meanwhile: answer as it did
+                assert ask.key is not None
+                host = self.placed(ask.key)
+                if host is None:
+                    raise
+                return self._on(host, ask)
+            if not isinstance(answer, InsufficientResources):  # a grant, or a refusal no host would change
+                return answer
+        return _refusal(search)
+
+    def placed(self, key: str) -> str | None:
+        """The host a `place` with this key reserved on, if one did."""
+        with self.db.read() as conn:
+            found = conn.execute(
+                select(placements_table.c.host_id).where(placements_table.c.idempotency_key == key)
+            ).scalar_one_or_none()
+        return None if found is None else str(found)
+
+    def _on(self, host: str, ask: Ask) -> Answer:
+        with self.db.transaction() as tx:
+            return self.admission.admit(tx, [(host, ask)], fleet_keys=True)[0]
+
+
+def _refusal(search: Search) -> LedgerError:
+    shortfalls = search.shortfalls
+    message = shortfalls.summary()
+    if search.candidates:  # every host that fitted was filled by concurrent requests first
+        message = (
+            f"no host fits: the {len(search.candidates)} that did were taken by concurrent requests "
+            f"({shortfalls.considered} considered); retry"
+        )
+    return InsufficientResources(
+        message,
+        considered=shortfalls.considered,
+        fitting=shortfalls.fitting,
+        shortfalls=shortfalls.to_dict(),
+    )
