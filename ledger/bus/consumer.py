@@ -21,7 +21,8 @@ from nats.js import JetStreamContext
 
 from ledger.bus.jetstream import DURABLE, STREAM, ensure_consumer, ensure_stream, stream_config
 from ledger.core.errors import LedgerError, Unavailable
-from ledger.events.apply import apply_event
+from ledger.core.results import ApplyResult
+from ledger.events.apply import apply_event, apply_events
 from ledger.events.contract import Event, InvalidEvent, parse_event
 from ledger.store.ledger import Ledger
 
@@ -204,9 +205,15 @@ class EventConsumer:
             return _Delivery(msg, seq, None, exc.reason)
 
     def _apply_batch(self, deliveries: list[_Delivery]) -> list[Outcome]:
-        """Every delivery in one transaction, with the stream position; raises if any one fails."""
-        with self.ledger.batch(hosts=[d.event.host for d in deliveries if d.event is not None]):
-            outcomes = [self._handle(d) for d in deliveries]
+        """Every delivery in one transaction, with the stream position; raises if any one fails. The events
+        are applied together (a statement per table, not per event); a bad one is dead-lettered."""
+        events = [(d.event, d.seq) for d in deliveries if d.event is not None]
+        with self.ledger.batch(hosts=[event.host for event, _ in events]):
+            results = iter(apply_events(self.ledger, events))
+            outcomes = [
+                self._dead_letter(d) if d.event is None else self._applied(d, d.event, next(results))
+                for d in deliveries
+            ]
             self.ledger.advance_position(self.durable, [d.seq for d in deliveries])
         return outcomes
 
@@ -227,18 +234,23 @@ class EventConsumer:
         return outcome
 
     def _handle(self, delivery: _Delivery) -> Outcome:
-        subject = delivery.msg.subject
         if delivery.event is None:
-            self.ledger.dead_letter(
-                payload=delivery.msg.data,
-                reason=delivery.error or "invalid event",
-                subject=subject,
-                stream_seq=delivery.seq,
-                host_id=_host_from_subject(subject),
-            )
-            return Outcome(
-                delivery.seq, subject, DEAD_LETTERED, host=_host_from_subject(subject), reason=delivery.error
-            )
-        event = delivery.event
-        result = apply_event(self.ledger, event, delivery.seq)
-        return Outcome(delivery.seq, subject, result.outcome, event.id, event.type, event.host)
+            return self._dead_letter(delivery)
+        return self._applied(delivery, delivery.event, apply_event(self.ledger, delivery.event, delivery.seq))
+
+    def _dead_letter(self, delivery: _Delivery) -> Outcome:
+        subject = delivery.msg.subject
+        self.ledger.dead_letter(
+            payload=delivery.msg.data,
+            reason=delivery.error or "invalid event",
+            subject=subject,
+            stream_seq=delivery.seq,
+            host_id=_host_from_subject(subject),
+        )
+        return Outcome(
+            delivery.seq, subject, DEAD_LETTERED, host=_host_from_subject(subject), reason=delivery.error
+        )
+
+    @staticmethod
+    def _applied(delivery: _Delivery, event: Event, result: ApplyResult) -> Outcome:
+        return Outcome(delivery.seq, delivery.msg.subject, result.outcome, event.id, event.type, event.host)

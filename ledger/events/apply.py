@@ -1,12 +1,13 @@
-"""Applying a parsed event to the ledger: each type maps onto one store write, marked with the event id so a
-redelivery is a no-op and versioned so a stale or reordered event is ignored."""
+"""Applying parsed events to the ledger: each event becomes one entity change (or a host registration),
+marked with its event id so a redelivery is a no-op and versioned so a stale or reordered event is ignored."""
 
 from __future__ import annotations
 
-from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
+from collections.abc import Sequence
+
 from ledger.core.results import ApplyResult
-from ledger.events.contract import Event
-from ledger.store.ledger import EventMark, Ledger
+from ledger.events.contract import Event, HostCapacityRecord
+from ledger.store.ledger import Change, EventMark, Ledger
 
 
 def apply_event(ledger: Ledger, event: Event, stream_seq: int | None = None) -> ApplyResult:
@@ -14,31 +15,45 @@ def apply_event(ledger: Ledger, event: Event, stream_seq: int | None = None) -> 
 
     Database trouble raises Unavailable (retry later); a parsed event raises nothing else.
     """
-    mark = EventMark(event.id, event.type, stream_seq)
-    record = event.record
-    deleted = event.action == "deleted"
-    if isinstance(record, InstanceRecord):
-        if deleted:
-            return ledger.delete_instance(event.host, record.id, version=event.version, mark=mark)
-        return ledger.apply_instance(
-            event.host, record, version=event.version, action=event.action, mark=mark
+    return apply_events(ledger, [(event, stream_seq)])[0]
+
+
+def apply_events(ledger: Ledger, events: Sequence[tuple[Event, int | None]]) -> list[ApplyResult]:
+    """Apply events in order (in the current batch's transaction, if any): runs of entity changes together,
+    each `host.capacity` on its own between them, since a host's capacities decide what its instances'
+    default bandwidths are charged."""
+    results: list[ApplyResult] = []
+    run: list[Change] = []
+    for event, seq in events:
+        mark = EventMark(event.id, event.type, seq)
+        record = event.record
+        if isinstance(record, HostCapacityRecord):
+            results += ledger.apply(run) if run else []
+            run = []
+            results.append(
+                ledger.register_host(
+                    event.host,
+                    record.capacities,
+                    record.ratios,
+                    record.gpu,
+                    labels=record.labels,
+                    version=event.version,
+                    mark=mark,
+                )
+            )
+            continue
+        deleted = event.action == "deleted"
+        entity_id = event.host if event.kind == "oci_cache" else getattr(record, "id", event.host)
+        run.append(
+            Change(
+                event.host,
+                event.kind,
+                entity_id,
+                None if deleted else record,
+                event.version,
+                event.action,
+                mark,
+            )
         )
-    if isinstance(record, VolumeRecord):
-        if deleted:
-            return ledger.delete_volume(event.host, record.id, version=event.version, mark=mark)
-        return ledger.apply_volume(event.host, record, version=event.version, action=event.action, mark=mark)
-    if isinstance(record, ImageRecord):
-        if deleted:
-            return ledger.delete_image(event.host, record.id, version=event.version, mark=mark)
-        return ledger.apply_image(event.host, record, version=event.version, mark=mark)
-    if isinstance(record, OciCacheRecord):
-        return ledger.apply_oci_cache(event.host, record, version=event.version, mark=mark)
-    return ledger.register_host(
-        event.host,
-        record.capacities,
-        record.ratios,
-        record.gpu,
-        labels=record.labels,
-        version=event.version,
-        mark=mark,
-    )
+    results += ledger.apply(run) if run else []
+    return results

@@ -4,12 +4,12 @@ could not be applied), and the consumer's position in its stream as the database
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.dialects import postgresql
 
 from ledger.store.models import ConsumerPosition, DeadLetter, ProcessedEvent, utcnow
@@ -19,10 +19,7 @@ dead_letters = cast(Table, DeadLetter.__table__)
 processed_events = cast(Table, ProcessedEvent.__table__)
 positions = cast(Table, ConsumerPosition.__table__)
 
-_select_event = select(processed_events.c.event_id).where(
-    processed_events.c.event_id == bindparam("event_id")
-)
-_insert_event = insert(processed_events)
+_SEEN_CHUNK = 500  # event ids per SELECT … IN (…)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,32 +31,49 @@ class EventMark:
     stream_seq: int | None = None
 
 
-def seen(tx: Tx, event: EventMark | None) -> bool:
-    """Whether the event was already applied (or found stale) by this database."""
-    if event is None:
-        return False
+def seen_many(tx: Tx, event_ids: Sequence[str]) -> set[str]:
+    """Which of these events this database has already applied (or found stale)."""
     assert tx.conn is not None
-    return tx.conn.execute(_select_event, {"event_id": event.event_id}).first() is not None
+    found: set[str] = set()
+    unique = sorted(set(event_ids))
+    for start in range(0, len(unique), _SEEN_CHUNK):
+        chunk = unique[start : start + _SEEN_CHUNK]
+        query = select(processed_events.c.event_id).where(processed_events.c.event_id.in_(chunk))
+        found.update(tx.conn.execute(query).scalars())
+    return found
+
+
+def seen(tx: Tx, event: EventMark | None) -> bool:
+    return event is not None and bool(seen_many(tx, [event.event_id]))
+
+
+def mark_many(tx: Tx, handled: Sequence[tuple[EventMark, str, str, int, str]]) -> None:
+    """Record events as handled — (mark, host, entity, version, outcome) — in the transaction that did it."""
+    if not handled:
+        return
+    assert tx.conn is not None
+    now = tx.clock()
+    tx.conn.execute(
+        insert(processed_events),
+        [
+            {
+                "event_id": event.event_id,
+                "host_id": host_id,
+                "stream_seq": event.stream_seq,
+                "event_type": event.event_type,
+                "entity_id": entity_id,
+                "version": version,
+                "outcome": outcome,
+                "processed_at": now,
+            }
+            for event, host_id, entity_id, version, outcome in handled
+        ],
+    )
 
 
 def mark(tx: Tx, event: EventMark | None, host_id: str, entity_id: str, version: int, outcome: str) -> None:
-    """Record the event as handled, with what it did, in the transaction that did it."""
-    if event is None:
-        return
-    assert tx.conn is not None
-    tx.conn.execute(
-        _insert_event,
-        {
-            "event_id": event.event_id,
-            "host_id": host_id,
-            "stream_seq": event.stream_seq,
-            "event_type": event.event_type,
-            "entity_id": entity_id,
-            "version": version,
-            "outcome": outcome,
-            "processed_at": tx.clock(),
-        },
-    )
+    if event is not None:
+        mark_many(tx, [(event, host_id, entity_id, version, outcome)])
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from ledger.store import journal
 from ledger.store.admission import Admission, Answer, HostAsk
 from ledger.store.database import Database
 from ledger.store.engine import make_engine
-from ledger.store.entities import Entities
+from ledger.store.entities import Change, Entities
 from ledger.store.fleet import Fleet, Search
 from ledger.store.hosts import Hosts
 from ledger.store.journal import DeadLetterRecord, EventMark
@@ -40,7 +40,7 @@ from ledger.store.place import Placer
 from ledger.store.reservations import Reservations
 from ledger.store.status import Status
 
-__all__ = ["EventMark", "HostAsk", "Ledger"]
+__all__ = ["Change", "EventMark", "HostAsk", "Ledger"]
 
 
 class Ledger:
@@ -245,6 +245,10 @@ class Ledger:
 
     # ---- records (what the lifecycle events apply) --------------------------------------------------
 
+    def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
+        """Apply entity changes in order, in one transaction (the current batch's, if any)."""
+        return self.entities.apply(changes)
+
     def apply_instance(
         self,
         host_id: str,
@@ -254,12 +258,14 @@ class Ledger:
         action: str = "updated",
         mark: EventMark | None = None,
     ) -> ApplyResult:
-        return self.entities.apply_instance(host_id, record, version, action, mark)
+        """Record an instance's full current state; a `reservation_id` in it is consumed in the same
+        transaction, so the hold becomes the allocation without being counted twice or not at all."""
+        return self.apply([Change(host_id, "instance", record.id, record, version, action, mark)])[0]
 
     def delete_instance(
         self, host_id: str, instance_id: str, *, version: int | None = None, mark: EventMark | None = None
     ) -> ApplyResult:
-        return self.entities.delete(host_id, "instance", instance_id, version, mark)
+        return self.apply([Change(host_id, "instance", instance_id, None, version, "deleted", mark)])[0]
 
     def apply_volume(
         self,
@@ -270,22 +276,22 @@ class Ledger:
         action: str = "updated",
         mark: EventMark | None = None,
     ) -> ApplyResult:
-        return self.entities.apply_volume(host_id, record, version, action, mark)
+        return self.apply([Change(host_id, "volume", record.id, record, version, action, mark)])[0]
 
     def delete_volume(
         self, host_id: str, volume_id: str, *, version: int | None = None, mark: EventMark | None = None
     ) -> ApplyResult:
-        return self.entities.delete(host_id, "volume", volume_id, version, mark)
+        return self.apply([Change(host_id, "volume", volume_id, None, version, "deleted", mark)])[0]
 
     def apply_image(
         self, host_id: str, record: ImageRecord, *, version: int | None = None, mark: EventMark | None = None
     ) -> ApplyResult:
-        return self.entities.apply_image(host_id, record, version, mark)
+        return self.apply([Change(host_id, "image", record.id, record, version, "pulled", mark)])[0]
 
     def delete_image(
         self, host_id: str, image_id: str, *, version: int | None = None, mark: EventMark | None = None
     ) -> ApplyResult:
-        return self.entities.delete(host_id, "image", image_id, version, mark)
+        return self.apply([Change(host_id, "image", image_id, None, version, "deleted", mark)])[0]
 
     def apply_oci_cache(
         self,
@@ -295,7 +301,7 @@ class Ledger:
         version: int | None = None,
         mark: EventMark | None = None,
     ) -> ApplyResult:
-        return self.entities.apply_oci_cache(host_id, record, version, mark)
+        return self.apply([Change(host_id, "oci_cache", host_id, record, version, "measured", mark)])[0]
 
     # ---- the event journal --------------------------------------------------------------------------
 
