@@ -17,18 +17,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, bindparam, text
+from sqlalchemy import bindparam, text
 
 from ledger.core.admission import Admit, decide
 from ledger.core.charges import AllocationRequest, Ask, DefaultBandwidth
 from ledger.core.host import CHECK_ORDER, HostState
 from ledger.core.placement import GPU, LABELS, SPREAD, Shortfalls, room_after
 from ledger.core.resources import RESOURCES
+from ledger.core.units import MAX_AMOUNT
 from ledger.store.database import Database
 from ledger.store.hosts import Hosts
-from ledger.store.totals import ALLOC_COLUMNS, PEND_COLUMN, TOTAL_COLUMNS
 from ledger.store.tx import HOST_COLUMNS, LockedHost
-from ledger.store.views import available_sql
 
 _MARGIN = 8  # extra rows fetched beyond `limit`, in case decide turns one down
 
@@ -85,32 +84,37 @@ class Fleet:
         """Up to `limit` hosts `request` fits on, best first for `policy`; reads only (holds nothing)."""
         outcome, score, params = self._expressions(request, labels)
         where = "h.host_id NOT IN :exclude" if exclude else "1 = 1"
-        params["exclude"] = tuple(exclude)
-        rows = f"SELECT h.host_id, {outcome} AS outcome FROM hosts h WHERE {where}"
-        count = text(f"SELECT outcome, count(*) FROM ({rows}) o GROUP BY outcome")
         order = "DESC" if policy == SPREAD else "ASC"
-        best = text(
-            f"SELECT {', '.join(f'h.{c}' for c in HOST_COLUMNS)}, {score} AS score FROM hosts h "
-            f"WHERE {where} AND ({outcome}) = 'fit' "
-            f"ORDER BY score {order}, h.host_id LIMIT :take OFFSET :skip"
+        # one statement, one pass over the hosts: how many fall where, and the best that fit
+        query = text(
+            f"WITH o AS MATERIALIZED (SELECT h.host_id, {outcome} AS outcome, {score} AS score "
+            f"FROM hosts h WHERE {where}) "
+            "SELECT outcome, count(*), NULL, NULL FROM o GROUP BY outcome "
+            "UNION ALL SELECT * FROM (SELECT 'best', 0, host_id, score FROM o WHERE outcome = 'fit' "
+            f"ORDER BY score {order}, host_id LIMIT :take) best"
         )
         if exclude:
-            count = count.bindparams(bindparam("exclude", expanding=True))
-            best = best.bindparams(bindparam("exclude", expanding=True))
-        else:
-            del params["exclude"]
-        with self.db.read() as conn:
-            counts: dict[str, int] = {str(k): int(n) for k, n in conn.execute(count, params).all()}
-            candidates, refused = self._confirmed(conn, best, params, request, limit)
-        considered = sum(counts.values())
-        by_resource = {k: int(v) for k, v in counts.items() if k not in {"fit"} and not k.startswith(LABELS)}
+            query = query.bindparams(bindparam("exclude", expanding=True))
+            params["exclude"] = list(exclude)
+        take = limit + _MARGIN
+        while True:
+            with self.db.read() as conn:
+                rows = conn.execute(query, {**params, "take": take}).all()
+            counts = {str(r[0]): int(r[1]) for r in rows if r[0] != "best"}
+            best = [str(r[2]) for r in rows if r[0] == "best"]
+            candidates, refused = self._confirmed(best, request, limit)
+            if len(candidates) >= limit or len(best) < take:
+                break
+            take *= 2  # the decision turned some down: look further
+        by_resource = {k: n for k, n in counts.items() if k != "fit" and not k.startswith(LABELS)}
         for name, n in refused.items():
             by_resource[name] = by_resource.get(name, 0) + n
-        by_label = {}
-        for index, (name, value) in enumerate(labels.items()):
-            by_label[f"{name}={value}"] = int(counts.get(f"{LABELS}:{index}", 0))
-        fitting = int(counts.get("fit", 0)) - sum(refused.values())
-        return Search(candidates, Shortfalls(considered, fitting, by_resource, by_label))
+        by_label = {
+            f"{name}={value}": counts.get(f"{LABELS}:{index}", 0)
+            for index, (name, value) in enumerate(labels.items())
+        }
+        fitting = counts.get("fit", 0) - sum(refused.values())
+        return Search(candidates, Shortfalls(sum(counts.values()), fitting, by_resource, by_label))
 
     def states(self, host_ids: Sequence[str]) -> dict[str, HostState]:
         """The hosts as a search reads them (not locked; expired holds still count until swept)."""
@@ -128,76 +132,38 @@ class Fleet:
                 cursor.close()
 
     def _confirmed(
-        self,
-        conn: Connection,
-        best: TextClause,
-        params: dict[str, Any],
-        request: AllocationRequest,
-        limit: int,
+        self, best: Sequence[str], request: AllocationRequest, limit: int
     ) -> tuple[list[Candidate], dict[str, int]]:
-        """The best rows, each decided again by `decide`; what it turned down, by the resource it named."""
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        """The best hosts, in order, each decided again by `decide`; what it turned down, by resource."""
+        states = self.states(best) if best else {}
         found: list[Candidate] = []
         refused: dict[str, int] = {}
-        skip = 0
-        try:
-            while len(found) < limit:
-                batch = conn.execute(
-                    best, {**params, "take": limit - len(found) + _MARGIN, "skip": skip}
-                ).all()
-                skip += len(batch)
-                for row in batch:
-                    state = self.hosts.state(cursor, self._host(row))
-                    verdict = decide(state, [Ask(request)], {}, self.defaults, self.reservation_ttl).outcomes[
-                        0
-                    ]
-                    if isinstance(verdict, Admit):
-                        if len(found) < limit:
-                            found.append(_candidate(state, verdict))
-                    else:
-                        name = str(getattr(verdict, "details", {}).get("resource", GPU))
-                        refused[name] = refused.get(name, 0) + 1
-                if len(batch) < limit - len(found) + _MARGIN or not batch:
-                    break
-        finally:
-            cursor.close()
+        for host_id in best:
+            state = states[host_id]
+            verdict = decide(state, [Ask(request)], {}, self.defaults, self.reservation_ttl).outcomes[0]
+            if isinstance(verdict, Admit):
+                if len(found) < limit:
+                    found.append(_candidate(state, verdict))
+            else:
+                name = str(getattr(verdict, "details", {}).get("resource", GPU))
+                refused[name] = refused.get(name, 0) + 1
         return found, refused
 
     def _host(self, row: Any) -> LockedHost:
         """A host row as read (not locked: a search holds nothing)."""
-        values = dict(zip(HOST_COLUMNS, row[: len(HOST_COLUMNS)], strict=True))
-        return LockedHost(
-            values["host_id"],
-            values["capacity_version"],
-            values["revision"],
-            self.db.sql.read_time(values["next_expiry"]),
-            values["gpu_total"],
-            values["gpu_busy"],
-            {c: values[c] for c in TOTAL_COLUMNS},
-        )
+        return LockedHost.from_row(row[: len(HOST_COLUMNS)], self.db.sql.read_time)
 
     def _expressions(
         self, request: AllocationRequest, labels: Mapping[str, str]
     ) -> tuple[str, str, dict[str, Any]]:
         """The outcome (`labels:N`, a resource's name, `gpu` or `fit`) and score of a host as SQL, and their
-        parameters."""
-        params: dict[str, Any] = {
-            "vcpus": request.vcpus,
-            "memory": request.memory_bytes,
-            "disk": request.disk_bytes,
-        }
-        available = {
-            r: available_sql(
-                f"h.limit_{r.value}",
-                " + ".join(f"h.{c}" for c in ALLOC_COLUMNS[r]),
-                f"h.{PEND_COLUMN[r]}",
-            )
-            for r in RESOURCES
-        }
+        parameters. What each resource has left is the host row's `avail_*` (core.capacity.available,
+        written with the totals); a resource the request does not charge is not checked, as in decide."""
+        params: dict[str, Any] = {"vcpus": request.vcpus}
         charge = {
-            "cpu": ":vcpus",
-            "memory": ":memory",
-            "disk": ":disk",
+            "cpu": self._stated(request.vcpus, "cpu", params),
+            "memory": self._stated(request.memory_bytes, "memory", params),
+            "disk": self._stated(request.disk_bytes, "disk", params),
             "network": self._network(request, params),
             "disk_io": self._bandwidth(request.disk_io_bps, "disk_io", "disk_io", params),
         }
@@ -209,35 +175,49 @@ class Fleet:
         for position in CHECK_ORDER:
             resource = RESOURCES[position].value
             amount = charge[resource]
-            cases.append(
-                f"WHEN {amount} > 0 AND {amount} > {available[RESOURCES[position]]} THEN '{resource}'"
-            )
+            if amount != "0":
+                cases.append(f"WHEN {amount} > 0 AND {amount} > h.avail_{resource} THEN '{resource}'")
         if request.wants_gpu:
             cases.append(f"WHEN {self._gpu_short(request, params)} THEN '{GPU}'")
-        outcome = f"CASE {' '.join(cases)} ELSE 'fit' END"
+        outcome = f"CASE {' '.join(cases)} ELSE 'fit' END" if cases else "'fit'"
         least = "LEAST" if self.postgres else "min"
         fractions = ", ".join(
-            f"CASE WHEN h.limit_{r.value} > 0 THEN CAST(({available[r]}) - ({charge[r.value]}) AS FLOAT) "
+            f"CASE WHEN h.limit_{r.value} > 0 THEN CAST(h.avail_{r.value} - {charge[r.value]} AS FLOAT) "
             f"/ CAST(h.limit_{r.value} AS FLOAT) ELSE 1.0 END"
             for r in RESOURCES
         )
         return outcome, f"{least}(1.0, {fractions})", params
 
+    @staticmethod
+    def _stated(amount: int, name: str, params: dict[str, Any]) -> str:
+        if amount == 0:
+            return "0"
+        params[name] = amount
+        return f":{name}"
+
     def _bandwidth(self, stated: int | None, name: str, capacity: str, params: dict[str, Any]) -> str:
-        """A bandwidth as charged: the stated amount, or the default (the vCPU share of the capacity)."""
+        """A bandwidth as charged: the stated amount, or the default (core.capacity.proportional_share: the
+        vCPU share of the capacity, rounded down, at most what a BIGINT holds)."""
         if stated is not None:
-            params[name] = stated
-            return f":{name}"
-        if not self.defaults.enabled:
+            return self._stated(stated, name, params)
+        if not self.defaults.enabled or params["vcpus"] == 0:
             return "0"
         source = f"h.limit_{capacity}" if self.defaults.uses_ratio else f"h.capacity_{capacity}"
-        product = f"CAST(:vcpus AS NUMERIC) * {source}" if self.postgres else f":vcpus * {source}"
-        share = f"FLOOR({product} / h.capacity_cpu)" if self.postgres else f"({product}) / h.capacity_cpu"
-        return f"(CASE WHEN h.capacity_cpu > 0 AND :vcpus > 0 THEN {share} ELSE 0 END)"
+        # in 64 bits while the product fits (it nearly always does); beyond that in NUMERIC (PostgreSQL)
+        params["safe"] = MAX_AMOUNT // params["vcpus"]
+        exact = f"(:vcpus * {source}) / h.capacity_cpu"
+        if self.postgres:
+            wide = f"LEAST(FLOOR(CAST(:vcpus AS NUMERIC) * {source} / h.capacity_cpu), {MAX_AMOUNT})"
+            share = f"CASE WHEN {source} <= :safe THEN {exact} ELSE {wide} END"
+        else:
+            share = exact
+        return f"(CASE WHEN h.capacity_cpu > 0 THEN {share} ELSE 0 END)"
 
     def _network(self, request: AllocationRequest, params: dict[str, Any]) -> str:
         down = self._bandwidth(request.network_download_bps, "download", "network", params)
         up = self._bandwidth(request.network_upload_bps, "upload", "network", params)
+        if down == up:
+            return down
         return f"(CASE WHEN {down} >= {up} THEN {down} ELSE {up} END)"
 
     def _gpu_short(self, request: AllocationRequest, params: dict[str, Any]) -> str:

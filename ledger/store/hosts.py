@@ -112,6 +112,7 @@ class Hosts:
                 )
             )
             host.capacity_version += 1
+            host.limits = tuple(limits[r] for r in RESOURCES)
             host.gpu_total = gpu.total_slots if gpu else 0
             host.gpu_busy = gpu.used_slots if gpu else 0
             host.changed = True  # the revision moves: a process that read the old limits must read again

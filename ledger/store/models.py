@@ -100,6 +100,12 @@ class Host(Base):
     capacity_cpu: Mapped[int] = mapped_column(Amount, default=0)
     capacity_network: Mapped[int] = mapped_column(Amount, default=0)
     capacity_disk_io: Mapped[int] = mapped_column(Amount, default=0)
+    # what is left of each effective limit (core.capacity.available), written with the totals
+    avail_cpu: Mapped[int] = mapped_column(Amount, default=0)
+    avail_memory: Mapped[int] = mapped_column(Amount, default=0)
+    avail_disk: Mapped[int] = mapped_column(Amount, default=0)
+    avail_network: Mapped[int] = mapped_column(Amount, default=0)
+    avail_disk_io: Mapped[int] = mapped_column(Amount, default=0)
     gpu_total: Mapped[int] = mapped_column(Integer, default=0)
     gpu_busy: Mapped[int] = mapped_column(Integer, default=0)  # slots discovery saw in use (vfio / mdev)
     # allocated = what active instances, volumes, images and the OCI cache hold

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from ledger.core.capacity import available
 from ledger.core.resources import RESOURCES, ResourceType
 
 ALLOC_COLUMNS: Final = {
@@ -32,6 +33,9 @@ TOTAL_COLUMNS: Final = (
     *(PEND_COLUMN[r] for r in RESOURCES),
     "pend_gpu",
 )
+# kept on the host row for fleet searches: each resource's effective limit, and what is left of it
+LIMIT_COLUMNS: Final = tuple(f"limit_{r.value}" for r in RESOURCES)
+AVAIL_COLUMNS: Final = tuple(f"avail_{r.value}" for r in RESOURCES)
 # per history column (cpu, memory, disk, network, disk I/O, GPU): the totals it adds up, in both buckets
 RESOURCE_PARTS: Final = (
     ("alloc_cpu", "pend_cpu"),
@@ -54,6 +58,11 @@ def allocated(totals: Mapping[str, int]) -> tuple[int, ...]:
 def pending(totals: Mapping[str, int]) -> tuple[int, ...]:
     """What held reservations hold of each resource, in RESOURCES order."""
     return tuple(totals[PEND_COLUMN[r]] for r in RESOURCES)
+
+
+def left(totals: Mapping[str, int], limits: Sequence[int]) -> tuple[int, ...]:
+    """What is available of each resource (RESOURCES order): the one formula, core.capacity.available."""
+    return tuple(map(available, limits, allocated(totals), pending(totals)))
 
 
 def pending_delta(before: Sequence[int], after: Sequence[int], gpu: int) -> Totals:

@@ -22,7 +22,7 @@ from ledger.core.errors import UnknownHost
 from ledger.core.results import EXPIRED, HELD
 from ledger.store.rows import HOLD_AMOUNTS, HOLD_COLUMNS, LOG_COLUMNS, Delta, hold_delta, log_row
 from ledger.store.sql import Cursor, Sql, hosts
-from ledger.store.totals import TOTAL_COLUMNS, allocated, pending
+from ledger.store.totals import AVAIL_COLUMNS, LIMIT_COLUMNS, TOTAL_COLUMNS, allocated, left, pending
 
 # The value each NOT NULL column of a fresh host row starts with (the JSON labels: an empty object).
 _FRESH_HOST = {
@@ -37,6 +37,7 @@ HOST_COLUMNS = (
     "next_expiry",
     "gpu_total",
     "gpu_busy",
+    *LIMIT_COLUMNS,
     *TOTAL_COLUMNS,
 )
 UNREGISTERED_HINT = "host is not registered: run `ledger host refresh` on it, or publish host.capacity"
@@ -52,8 +53,28 @@ class LockedHost:
     next_expiry: datetime | None
     gpu_total: int
     gpu_busy: int
+    limits: tuple[int, ...]  # effective limits, RESOURCES order
     totals: dict[str, int]
     changed: bool = False  # written back by `flush` (and its revision bumped)
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], read_time: Any) -> LockedHost:
+        """A host from its HOST_COLUMNS, as a SELECT returns them."""
+        fixed = 6 + len(LIMIT_COLUMNS)
+        return cls(
+            row[0],
+            row[1],
+            row[2],
+            read_time(row[3]),
+            row[4],
+            row[5],
+            tuple(row[6:fixed]),
+            dict(zip(TOTAL_COLUMNS, row[fixed : fixed + len(TOTAL_COLUMNS)], strict=True)),
+        )
+
+    def row(self) -> tuple[Any, ...]:
+        """What `write_host` sets: the totals and what is left of each limit (then next_expiry, host)."""
+        return (*(self.totals[c] for c in TOTAL_COLUMNS), *left(self.totals, self.limits))
 
     def snapshot(self) -> LockedHost:
         return LockedHost(
@@ -63,6 +84,7 @@ class LockedHost:
             self.next_expiry,
             self.gpu_total,
             self.gpu_busy,
+            self.limits,
             dict(self.totals),
         )
 
@@ -89,8 +111,8 @@ class Statements:
             f"SELECT min(expires_at) FROM reservations WHERE host_id = {m} AND status = '{HELD}'"
         )
         self.write_host = (
-            f"UPDATE hosts SET {', '.join(f'{c} = {m}' for c in TOTAL_COLUMNS)}, next_expiry = {m}, "
-            f"revision = revision + 1 WHERE host_id = {m}"
+            f"UPDATE hosts SET {', '.join(f'{c} = {m}' for c in (*TOTAL_COLUMNS, *AVAIL_COLUMNS))}, "
+            f"next_expiry = {m}, revision = revision + 1 WHERE host_id = {m}"
         )
         self.insert_hold = sql.insert("reservations", HOLD_COLUMNS)
         self.insert_placement = sql.insert(
@@ -130,15 +152,7 @@ class Tx:
             found = self.cursor.fetchone()
         if found is None:
             raise UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
-        host = LockedHost(
-            found[0],
-            found[1],
-            found[2],
-            self.sql.read_time(found[3]),
-            found[4],
-            found[5],
-            dict(zip(TOTAL_COLUMNS, found[6:], strict=True)),
-        )
+        host = LockedHost.from_row(found, self.sql.read_time)
         self.hosts[host_id] = host
         self._sweep(host)
         return host
@@ -207,10 +221,7 @@ class Tx:
         if changed:
             cursor.executemany(
                 s.write_host,
-                [
-                    (*(h.totals[c] for c in TOTAL_COLUMNS), self.sql.bind_time(h.next_expiry), h.host_id)
-                    for h in changed
-                ],
+                [(*h.row(), self.sql.bind_time(h.next_expiry), h.host_id) for h in changed],
             )
             for host in changed:
                 host.revision += 1

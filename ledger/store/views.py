@@ -178,7 +178,7 @@ WITH inst AS (
 def available_sql(limit: str, allocated: str, pending: str) -> str:
     """`core.capacity.available` in SQL: what is left to promise, never negative
     (`max(0, limit − allocated − pending)`); tests hold the two equal on both engines."""
-    left = f"{limit} - {allocated} - {pending}"
+    left = f"({limit}) - ({allocated}) - ({pending})"
     return f"CASE WHEN {left} > 0 THEN {left} ELSE 0 END"
 
 
@@ -235,15 +235,51 @@ _TOTALS_PENDING = """CASE c.resource WHEN 'cpu' THEN h.pend_cpu WHEN 'memory' TH
            WHEN 'disk_io' THEN h.pend_disk_io END"""
 
 
+# what is left of each limit, kept on the host row for fleet searches, audited against the totals it
+# comes from (disk adds its four parts)
+_AVAIL_DRIFT = {
+    "cpu": ("alloc_cpu", "pend_cpu"),
+    "memory": ("alloc_memory", "pend_memory"),
+    "disk": ("images_bytes + h.oci_cache_bytes + h.volumes_bytes + h.overlays_bytes", "pend_disk"),
+    "network": ("alloc_network", "pend_network"),
+    "disk_io": ("alloc_disk_io", "pend_disk_io"),
+}
+
+
+def _drift_v3() -> str:
+    """ledger_drift in one pass: the audit's sums are computed once and each total compared on a row of its
+    own (version 1 recomputed them once per total, fifteen passes over every instance); plus each host's
+    stored `avail_*` against what its stored limits and totals leave."""
+    names = ", ".join(f"('{name}')" for name, _, _ in _DRIFT_COLUMNS)
+    stored = " ".join(f"WHEN '{name}' THEN h.{column}" for name, column, _ in _DRIFT_COLUMNS)
+    audited = " ".join(f"WHEN '{name}' THEN a.{column}" for name, _, column in _DRIFT_COLUMNS)
+    totals = (
+        f"WITH a AS MATERIALIZED (SELECT * FROM ledger_audit), names(total) AS (VALUES {names}) "
+        f"SELECT h.host_id, n.total, CASE n.total {stored} END AS stored, "
+        f"CASE n.total {audited} END AS recomputed, "
+        f"(CASE n.total {stored} END) - (CASE n.total {audited} END) AS drift "
+        "FROM hosts h JOIN a ON a.host_id = h.host_id CROSS JOIN names n"
+    )
+    left = [
+        f"SELECT h.host_id, 'available_{r}' AS total, h.avail_{r} AS stored, "
+        f"{available_sql(f'h.limit_{r}', f'h.{alloc}', f'h.{pend}')} AS recomputed, "
+        f"h.avail_{r} - ({available_sql(f'h.limit_{r}', f'h.{alloc}', f'h.{pend}')}) AS drift FROM hosts h"
+        for r, (alloc, pend) in _AVAIL_DRIFT.items()
+    ]
+    return "\nUNION ALL\n".join([totals, *left])
+
+
 def views_v3(dialect: str) -> list[tuple[str, str]]:
     """(name, SELECT) in creation order for schema version 3: version 2 plus `fleet_status`, which reads the
-    hosts' running totals (what admission decides on) rather than recomputing them from the rows."""
+    hosts' running totals (what admission decides on) rather than recomputing them from the rows, and a
+    `ledger_drift` that takes one pass over the rows and also audits the stored `avail_*`."""
     fleet = _FLEET_STATUS_V3.format(
         available=available_sql("c.effective_limit", "t.allocated", "t.pending"),
         allocated=_TOTALS_ALLOCATED,
         pending=_TOTALS_PENDING,
     )
-    return [*views_v2(dialect), ("fleet_status", fleet)]
+    views = [(name, "" if name == "ledger_drift" else select) for name, select in views_v2(dialect)]
+    return [*((n, _drift_v3() if n == "ledger_drift" else q) for n, q in views), ("fleet_status", fleet)]
 
 
 current = views_v3  # the views the newest migration creates

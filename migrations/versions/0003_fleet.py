@@ -2,8 +2,8 @@
 
 - `hosts.labels` (JSON; JSONB on PostgreSQL): the host's labels from host.capacity or `ledger host refresh`.
 - `hosts.limit_*` (each resource's effective limit) and `hosts.capacity_cpu/network/disk_io` (what default
-  bandwidths are shares of): copies of the capacities table's, written with it, so a fleet search reads
-  one row a host.
+  bandwidths are shares of): copies of the capacities table's, written with it; `hosts.avail_*`: what is
+  left of each limit, written with the totals. A fleet search reads one row a host and compares columns.
 - `placements`: a `place` idempotency key and the host and reservation it got, unique across the fleet.
 - The reporting views, version 3: `fleet_status`.
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from ledger.store.views import views_v2, views_v3
+from ledger.store.views import available_sql, views_v2, views_v3
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -29,6 +29,14 @@ depends_on: str | Sequence[str] | None = None
 
 _LIMITS = ("cpu", "memory", "disk", "network", "disk_io")
 _CAPACITIES = ("cpu", "network", "disk_io")
+# the host row's running totals each resource's allocated amount adds up (as of this revision)
+_ALLOCATED = {
+    "cpu": "alloc_cpu",
+    "memory": "alloc_memory",
+    "disk": "images_bytes + oci_cache_bytes + volumes_bytes + overlays_bytes",
+    "network": "alloc_network",
+    "disk_io": "alloc_disk_io",
+}
 
 
 def upgrade() -> None:
@@ -46,6 +54,10 @@ def upgrade() -> None:
             batch_op.add_column(
                 sa.Column(f"capacity_{resource}", sa.BigInteger(), nullable=False, server_default="0")
             )
+        for resource in _LIMITS:
+            batch_op.add_column(
+                sa.Column(f"avail_{resource}", sa.BigInteger(), nullable=False, server_default="0")
+            )
     for resource in _LIMITS:
         op.execute(
             f"UPDATE hosts SET limit_{resource} = COALESCE((SELECT c.effective_limit FROM capacities c "
@@ -56,8 +68,17 @@ def upgrade() -> None:
             f"UPDATE hosts SET capacity_{resource} = COALESCE((SELECT c.capacity FROM capacities c "
             f"WHERE c.host_id = hosts.host_id AND c.resource = '{resource}'), 0)"
         )
+    for resource, allocated in _ALLOCATED.items():
+        left = available_sql(f"limit_{resource}", allocated, f"pend_{resource}")
+        op.execute(f"UPDATE hosts SET avail_{resource} = {left}")
+    added = (
+        "labels",
+        *(f"limit_{r}" for r in _LIMITS),
+        *(f"capacity_{r}" for r in _CAPACITIES),
+        *(f"avail_{r}" for r in _LIMITS),
+    )
     with op.batch_alter_table("hosts", schema=None) as batch_op:  # the model sets them in Python
-        for column in ("labels", *(f"limit_{r}" for r in _LIMITS), *(f"capacity_{r}" for r in _CAPACITIES)):
+        for column in added:
             batch_op.alter_column(column, server_default=None)
     op.create_table(
         "placements",
@@ -84,6 +105,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_placements_host_id"))
     op.drop_table("placements")
     with op.batch_alter_table("hosts", schema=None) as batch_op:
+        for resource in reversed(_LIMITS):
+            batch_op.drop_column(f"avail_{resource}")
         for resource in reversed(_CAPACITIES):
             batch_op.drop_column(f"capacity_{resource}")
         for resource in reversed(_LIMITS):
