@@ -2,6 +2,7 @@
 
     async with await LedgerClient.connect("nats://127.0.0.1:4222") as ledger:
         grant = await ledger.validate(vcpus=4, memory_bytes=8 * 2**30, idempotency_key="vm-42")
+        placed = await ledger.place(vcpus=4, labels={"zone": "b"}, idempotency_key="vm-43")  # best host in b
         ...
         await ledger.publish_event(make_event("instance.created", host, record, version=1))
 
@@ -13,7 +14,7 @@ service answering is `Unavailable`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -66,6 +67,40 @@ class Reservation:
     replayed: bool
     charged: dict[str, int]  # what the hold takes, bandwidth defaults filled in
     defaulted: tuple[str, ...]  # the bandwidths left unstated, charged the default
+
+
+def _reservation(reply: Mapping[str, Any]) -> Reservation:
+    return Reservation(
+        reservation_id=reply["reservation_id"],
+        host=reply["host"],
+        status=reply["status"],
+        expires_at=datetime.fromisoformat(reply["expires_at"]),
+        idempotency_key=reply.get("idempotency_key"),
+        replayed=bool(reply.get("replayed")),
+        charged=dict(reply.get("charged") or {}),
+        defaulted=tuple(reply.get("defaulted") or ()),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A host the request fits on: what it has available per resource before placement, and its score (the
+    fraction of its tightest resource left after placement)."""
+
+    host: str
+    available: dict[str, int]
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """The best hosts first; how many hosts were considered and fit; how many fell short on each resource,
+    the GPU (`gpu`) or a requested label (`labels`)."""
+
+    candidates: list[Candidate]
+    considered: int
+    fitting: int
+    shortfalls: dict[str, int]
 
 
 def _error(reply: Mapping[str, Any]) -> LedgerError:
@@ -166,16 +201,94 @@ class LedgerClient:
                 "ttl_seconds": ttl_seconds,
             },
         )
-        return Reservation(
-            reservation_id=reply["reservation_id"],
-            host=reply["host"],
-            status=reply["status"],
-            expires_at=datetime.fromisoformat(reply["expires_at"]),
-            idempotency_key=reply.get("idempotency_key"),
-            replayed=bool(reply.get("replayed")),
-            charged=dict(reply.get("charged") or {}),
-            defaulted=tuple(reply.get("defaulted") or ()),
+        return _reservation(reply)
+
+    async def candidates(
+        self,
+        *,
+        vcpus: int = 0,
+        memory_bytes: int = 0,
+        disk_bytes: int = 0,
+        network_download_bps: int | None = None,
+        network_upload_bps: int | None = None,
+        disk_io_bps: int | None = None,
+        needs_gpu: bool = False,
+        gpu_profile: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        exclude_hosts: Sequence[str] | None = None,
+        policy: str | None = None,
+        limit: int | None = None,
+    ) -> Candidates:
+        """The hosts the amounts fit on that carry every label in `labels`, best first for `policy` (`spread`,
+        the default, or `pack`), at most `limit` (default 10); holds nothing. None fitting is not an error:
+        `fitting` is 0 and `shortfalls` says why."""
+        reply = await self.call(
+            "candidates",
+            {
+                "vcpus": vcpus,
+                "memory_bytes": memory_bytes,
+                "disk_bytes": disk_bytes,
+                "network_download_bps": network_download_bps,
+                "network_upload_bps": network_upload_bps,
+                "disk_io_bps": disk_io_bps,
+                "needs_gpu": needs_gpu,
+                "gpu_profile": gpu_profile,
+                "labels": None if labels is None else dict(labels),
+                "exclude_hosts": None if exclude_hosts is None else list(exclude_hosts),
+                "policy": policy,
+                "limit": limit,
+            },
         )
+        return Candidates(
+            candidates=[
+                Candidate(c["host"], dict(c["available"]), float(c["score"])) for c in reply["candidates"]
+            ],
+            considered=int(reply["considered"]),
+            fitting=int(reply["fitting"]),
+            shortfalls=dict(reply["shortfalls"]),
+        )
+
+    async def place(
+        self,
+        *,
+        vcpus: int = 0,
+        memory_bytes: int = 0,
+        disk_bytes: int = 0,
+        network_download_bps: int | None = None,
+        network_upload_bps: int | None = None,
+        disk_io_bps: int | None = None,
+        needs_gpu: bool = False,
+        gpu_profile: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        exclude_hosts: Sequence[str] | None = None,
+        policy: str | None = None,
+        attempts: int | None = None,
+        idempotency_key: str | None = None,
+        ttl_seconds: float | None = None,
+    ) -> Reservation:
+        """`candidates` and `validate` in one step: hold on the best host (named in the grant's `host`). When
+        no host fits, raises InsufficientResources whose details have `considered`, `fitting` and
+        `shortfalls`. The idempotency key is unique across the fleet: a retry gets the same hold."""
+        reply = await self.call(
+            "place",
+            {
+                "vcpus": vcpus,
+                "memory_bytes": memory_bytes,
+                "disk_bytes": disk_bytes,
+                "network_download_bps": network_download_bps,
+                "network_upload_bps": network_upload_bps,
+                "disk_io_bps": disk_io_bps,
+                "needs_gpu": needs_gpu,
+                "gpu_profile": gpu_profile,
+                "labels": None if labels is None else dict(labels),
+                "exclude_hosts": None if exclude_hosts is None else list(exclude_hosts),
+                "policy": policy,
+                "attempts": attempts,
+                "idempotency_key": idempotency_key,
+                "ttl_seconds": ttl_seconds,
+            },
+        )
+        return _reservation(reply)
 
     async def release(self, reservation_id: str) -> dict[str, Any]:
         return await self.call("release", {"reservation_id": reservation_id})

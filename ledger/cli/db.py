@@ -1,35 +1,46 @@
-"""`ledger db`: migrate the database and check the schema."""
+"""`ledger db`: migrate the database, check the schema, prune what the retention settings let go."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ledger.cli.common import EXIT_OK, error
+from ledger.bus.jetstream import DUPLICATE_WINDOW_S, DURABLE
+from ledger.cli.common import EXIT_OK, EXIT_USAGE, error, print_json
 from ledger.config import Settings
+from ledger.local import open_ledger
 from ledger.store import migrate
 from ledger.store.engine import make_engine
+from ledger.store.retention import TABLES, Limits, Retention
 
 
 def register(subcommands: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subcommands.add_parser(
         "db",
-        help="migrate the database, show its revision, check models against migrations",
-        description="Database schema management (Alembic migrations shipped with ledger).",
+        help="migrate the database, show its revision, check models against migrations, prune old rows",
+        description="Database schema management (Alembic migrations shipped with ledger), and pruning.",
     )
     parser.add_argument(
         "action",
-        choices=["upgrade", "downgrade", "current", "check"],
+        choices=["upgrade", "downgrade", "current", "check", "prune"],
         help="upgrade: migrate to the newest schema (or REVISION); downgrade: migrate back to REVISION "
-        "('base' empties it); current: print the revision; check: fail if the models and migrations drift",
+        "('base' empties it); current: print the revision; check: fail if the models and migrations drift; "
+        "prune: delete now what the retention_* settings let go (`ledger serve` does it in the background)",
     )
     parser.add_argument("revision", nargs="?", default=None, help="target revision for upgrade/downgrade")
+    parser.add_argument("--dry-run", action="store_true", help="prune: count what would go, delete nothing")
+    parser.add_argument("--json", action="store_true", help="prune: print the report as JSON")
     parser.set_defaults(handler=run)
     return parser
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     url = settings.database_url
+    if args.action == "prune":
+        return prune(args, settings)
+    if args.dry_run or args.json:
+        error("--dry-run and --json go with `ledger db prune`")
+        return EXIT_USAGE
     if args.action == "upgrade":
         migrate.upgrade(url, args.revision or "head")
         print(f"database at revision {migrate.head_revision() if not args.revision else args.revision}")
@@ -56,4 +67,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         error(f"models and migrations differ: {drift}")
         return 1
     print("models and migrations agree")
+    return EXIT_OK
+
+
+def prune(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = open_ledger(settings)
+    try:
+        retention = Retention(ledger.db, consumer=DURABLE, duplicate_window_s=DUPLICATE_WINDOW_S)
+        report = retention.prune(Limits.of(settings), dry_run=args.dry_run).to_dict()
+    finally:
+        ledger.close()
+    if args.json:
+        print_json(report)
+        return EXIT_OK
+    verb = "would be deleted" if args.dry_run else "deleted"
+    for table in TABLES:
+        setting = report["kept_forever"].get(table)
+        shown = f"kept forever ({setting} = 0)" if setting else f"{report['deleted'][table]:>9} {verb}"
+        print(f"{table:<17} {shown}")
+    print(f"{'total':<17} {report['total']:>9} {verb}")
     return EXIT_OK

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ledger import __version__
-from ledger.cli import config_cmd, db, discover, events, host, reserve, serve, status
+from ledger.cli import agent, config_cmd, db, discover, events, fleet, host, reserve, serve, status
 from ledger.cli.common import (
     EXIT_NOT_FOUND,
     EXIT_REFUSED,
@@ -34,12 +34,15 @@ from ledger.core.errors import (
 Register = Callable[[Any], argparse.ArgumentParser | list[argparse.ArgumentParser]]
 COMMANDS: tuple[Register, ...] = (
     serve.register,
+    agent.register,
     config_cmd.register,
     discover.register,
     host.register,
     status.register,
     reserve.register_validate,
     reserve.register_release,
+    fleet.register_fit,
+    fleet.register_place,
     events.register,
     db.register,
 )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ledger.core.capacity import format_amount
+from ledger.core.placement import Shortfalls
 from ledger.core.resources import ResourceType
 from ledger.core.units import format_bytes
 
 BAR_WIDTH = 24
+FLEET_BAR_WIDTH = 10  # one bar per resource on a host's line
 
 
 def usage_bar(used: int, pending: int, limit: int, width: int = BAR_WIDTH) -> str:
@@ -22,6 +25,67 @@ def usage_bar(used: int, pending: int, limit: int, width: int = BAR_WIDTH) -> st
     return f"[{'#' * used_cells}{'+' * pending_cells}{'.' * free_cells}] {percent:4.0f}%"
 
 
+def _amount(resource: ResourceType, value: int) -> str:
+    """An amount for a table column: the unit's own (vCPUs go without one, the column names them)."""
+    return format_amount(resource, value).replace(" vCPUs", "")
+
+
+def format_labels(labels: Mapping[str, str]) -> str:
+    """`zone=a,rack=r12`, the form `--label` and LEDGER_HOST_LABELS take; `-` for none."""
+    return ",".join(f"{name}={value}" for name, value in labels.items()) or "-"
+
+
+def used_fraction(resource: Mapping[str, Any]) -> float | None:
+    """Allocated plus pending as a fraction of the effective limit; None when there is no limit."""
+    limit = int(resource["effective_limit"])
+    if limit <= 0:
+        return None
+    return (int(resource["allocated"]) + int(resource["pending"])) / limit
+
+
+def _columns(rows: Sequence[Sequence[str]], right: int = 0) -> list[str]:
+    """The rows as aligned text; the columns from index `right` on are right-aligned (when > 0)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if right and i >= right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def render_fleet_status(hosts: Sequence[Mapping[str, Any]]) -> str:
+    """One line per host (in the order given): its id, labels, and a usage bar per resource."""
+    if not hosts:
+        return "no hosts registered"
+    rows = [["host", "labels", *(r.value for r in ResourceType)]]
+    for host in hosts:
+        bars = [
+            usage_bar(s["allocated"], s["pending"], s["effective_limit"], FLEET_BAR_WIDTH)
+            for s in (host[r.value] for r in ResourceType)
+        ]
+        rows.append([host["host"], format_labels(host.get("labels") or {}), *bars])
+    return "\n".join(_columns(rows))
+
+
+def render_candidates(candidates: Mapping[str, Any], shortfalls: Shortfalls) -> str:
+    """The `candidates` reply as a table (host, score, what each has available), then the counts."""
+    rows = [["host", "score", *(r.value for r in ResourceType)]]
+    for candidate in candidates["candidates"]:
+        available = candidate["available"]
+        rows.append(
+            [
+                candidate["host"],
+                f"{candidate['score']:.3f}",
+                *(_amount(r, available[r.value]) for r in ResourceType),
+            ]
+        )
+    footer = f"{shortfalls.considered} considered, {shortfalls.fitting} fit"
+    reasons = shortfalls.reasons()
+    return "\n".join([*_columns(rows, right=1), footer + ("; " + ", ".join(reasons) if reasons else "")])
+
+
 def render_status(status: dict[str, Any]) -> str:
     lines = [f"host {status['host']}", ""]
     header = f"{'resource':<9} {'usage (# allocated, + pending)':<{BAR_WIDTH + 8}}  {'allocated':>12} "
@@ -29,14 +93,12 @@ def render_status(status: dict[str, Any]) -> str:
     lines.append(header)
     for resource in ResourceType:
         r = status[resource.value]
-
-        def amount(value: int, resource: ResourceType = resource) -> str:
-            return format_amount(resource, value).replace(" vCPUs", "")
-
+        allocated, pending = _amount(resource, r["allocated"]), _amount(resource, r["pending"])
+        available, limit = _amount(resource, r["available"]), _amount(resource, r["effective_limit"])
         lines.append(
             f"{resource.value:<9} {usage_bar(r['allocated'], r['pending'], r['effective_limit'])}  "
-            f"{amount(r['allocated']):>12} {amount(r['pending']):>12} {amount(r['available']):>12} "
-            f"{amount(r['effective_limit']):>12}  {r['oversub_ratio']:>4.1f}x  {r['source']}"
+            f"{allocated:>12} {pending:>12} {available:>12} {limit:>12}  {r['oversub_ratio']:>4.1f}x  "
+            f"{r['source']}"
         )
     for resource in ResourceType:
         hint = status[resource.value].get("hint")

@@ -38,6 +38,41 @@ def _vcpus(text: str) -> int:
     return value
 
 
+def add_amount_flags(parser: argparse.ArgumentParser, whose: str = "the host's") -> None:
+    """What an instance asks for, as `validate`, `fit` and `place` take it; an unstated bandwidth is
+    charged its vCPU share of `whose` capacity."""
+    parser.add_argument("--vcpus", type=_vcpus, required=True, help="vCPUs")
+    parser.add_argument("--memory", type=_size, default=0, help="memory size, e.g. 8GiB")
+    parser.add_argument("--disk", type=_size, default=0, help="disk size, e.g. 50GB")
+    for flag, name, example, what in (
+        ("--network-down", "download", "1Gbps", "uplink"),
+        ("--network-up", "upload", "1Gbps", "uplink"),
+        ("--disk-io", "disk I/O", "200MB/s", "disk I/O"),
+    ):
+        parser.add_argument(
+            flag,
+            type=_bandwidth,
+            default=None,
+            help=f"{name} bandwidth, e.g. {example} (default: the vCPU share of {whose} {what})",
+        )
+    parser.add_argument("--gpu", action="store_true", help="needs a GPU slot")
+    parser.add_argument("--gpu-profile", default=None, help="vGPU profile name")
+
+
+def request_from(args: argparse.Namespace) -> AllocationRequest:
+    """The amounts `add_amount_flags` parsed."""
+    return AllocationRequest(
+        vcpus=args.vcpus,
+        memory_bytes=args.memory,
+        disk_bytes=args.disk,
+        network_download_bps=args.network_down,
+        network_upload_bps=args.network_up,
+        disk_io_bps=args.disk_io,
+        needs_gpu=args.gpu,
+        gpu_profile=args.gpu_profile,
+    )
+
+
 def register_validate(subcommands: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subcommands.add_parser(
         "validate",
@@ -47,29 +82,7 @@ def register_validate(subcommands: Any) -> argparse.ArgumentParser:
         "--ttl seconds unless an instance event consumes it or `ledger release` gives it back. Uses the "
         "database directly, or the running service when --nats-url is given.",
     )
-    parser.add_argument("--vcpus", type=_vcpus, required=True, help="vCPUs")
-    parser.add_argument("--memory", type=_size, default=0, help="memory size, e.g. 8GiB")
-    parser.add_argument("--disk", type=_size, default=0, help="disk size, e.g. 50GB")
-    parser.add_argument(
-        "--network-down",
-        type=_bandwidth,
-        default=None,
-        help="download bandwidth, e.g. 1Gbps (default: the vCPU share of the uplink)",
-    )
-    parser.add_argument(
-        "--network-up",
-        type=_bandwidth,
-        default=None,
-        help="upload bandwidth, e.g. 1Gbps (default: the vCPU share of the uplink)",
-    )
-    parser.add_argument(
-        "--disk-io",
-        type=_bandwidth,
-        default=None,
-        help="disk I/O bandwidth, e.g. 200MB/s (default: the vCPU share of disk I/O)",
-    )
-    parser.add_argument("--gpu", action="store_true", help="needs a GPU slot")
-    parser.add_argument("--gpu-profile", default=None, help="vGPU profile name")
+    add_amount_flags(parser)
     parser.add_argument("--host", default=None, help="host id (default: this host)")
     parser.add_argument(
         "--key", default=None, help="idempotency key: a retry with the same key gets the same answer"
@@ -83,16 +96,7 @@ def register_validate(subcommands: Any) -> argparse.ArgumentParser:
 
 
 def run_validate(args: argparse.Namespace, settings: Settings) -> int:
-    request = AllocationRequest(
-        vcpus=args.vcpus,
-        memory_bytes=args.memory,
-        disk_bytes=args.disk,
-        network_download_bps=args.network_down,
-        network_upload_bps=args.network_up,
-        disk_io_bps=args.disk_io,
-        needs_gpu=args.gpu,
-        gpu_profile=args.gpu_profile,
-    )
+    request = request_from(args)
     if settings.nats_url:
         body = {**asdict(request), "host": args.host, "idempotency_key": args.key, "ttl_seconds": args.ttl}
         grant = {"ok": True, **via_service(settings, lambda client: client.call("validate", body))}

@@ -1,32 +1,59 @@
-"""`ledger status`: capacity, limits and usage per resource, and what each instance holds."""
+"""`ledger status`: capacity, limits and usage per resource, and what each instance holds; with `--all`, a
+line per host of the fleet."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 from ledger.cli.common import EXIT_OK, print_json
 from ledger.cli.remote import via_service
-from ledger.cli.render import render_status
+from ledger.cli.render import render_fleet_status, render_status, used_fraction
+from ledger.client import LedgerClient
 from ledger.config import Settings
+from ledger.core.errors import InvalidRequest
+from ledger.core.resources import ResourceType
 from ledger.local import ensure_host, open_ledger
 
+SORT_KEYS = ("host", *(r.value for r in ResourceType))
+_CONCURRENT = 16  # status requests in flight at once when asking the service about every host
 
+
+# fleet_status: a row per host and resource, from the hosts' running totals (docs/sql.md)
 def register(subcommands: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subcommands.add_parser(
         "status",
         help="show capacity, limits, allocations and pending reservations",
         description="Per resource: capacity, effective limit, allocated, pending, available, ratio, source, "
         "with a usage bar; then each active instance's allocation. Reads the database directly "
-        "(the local host is registered on first use), or asks the service when --nats-url is given.",
+        "(the local host is registered on first use), or asks the service when --nats-url is given. "
+        "With --all, one line per host: its labels and a usage bar per resource (from the database, "
+        "a hold that expired since its host was last touched still shows as pending).",
     )
-    parser.add_argument("--host", default=None, help="host id (default: this host)")
-    parser.add_argument("--json", action="store_true", help="print the FullResourceStatus JSON")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--host", default=None, help="host id (default: this host)")
+    which.add_argument("--all", action="store_true", help="every host of the ledger, one line each")
+    parser.add_argument(
+        "--sort",
+        choices=SORT_KEYS,
+        default=None,
+        help="with --all: by host id (default), or by the share of a resource in use, fullest first",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the FullResourceStatus JSON (with --all: a list, one per host)",
+    )
     parser.set_defaults(handler=run)
     return parser
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.all:
+        return run_all(args, settings)
+    if args.sort is not None:
+        raise InvalidRequest("--sort goes with --all")
     if settings.nats_url:
         status = via_service(settings, lambda client: client.status(host=args.host))
     else:
@@ -41,3 +68,47 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(render_status(status))
     return EXIT_OK
+
+
+def run_all(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.nats_url:
+        hosts = via_service(settings, _ask_every_host)
+    else:
+        ledger = open_ledger(settings)
+        try:
+            hosts = ledger.fleet_status()
+        finally:
+            ledger.close()
+    hosts = _sorted(hosts, args.sort or "host")
+    if args.json:
+        print_json(hosts)
+    else:
+        print(render_fleet_status(hosts))
+    return EXIT_OK
+
+
+async def _ask_every_host(client: LedgerClient) -> list[dict[str, Any]]:
+    """`hosts`, then each host's `status` without its instances (a few requests in flight at once)."""
+    slots = asyncio.Semaphore(_CONCURRENT)
+
+    async def one(host: str) -> dict[str, Any]:
+        async with slots:
+            status = await client.status(host=host, limit=0)
+        return {"host": status["host"], "labels": status.get("labels") or {}} | {
+            r.value: status[r.value] for r in ResourceType
+        }
+
+    return list(await asyncio.gather(*(one(host) for host in await client.hosts())))
+
+
+def _sorted(hosts: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """By host id, or by the share of `key` in use, fullest first (hosts without a limit last)."""
+    by_host = sorted(hosts, key=lambda host: host["host"])
+    if key == "host":
+        return by_host
+
+    def fullest(host: dict[str, Any]) -> float:
+        used = used_fraction(host[key])
+        return -1.0 if used is None else used
+
+    return sorted(by_host, key=fullest, reverse=True)

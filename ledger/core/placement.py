@@ -117,12 +117,15 @@ class Shortfalls:
         counts[LABELS] = sum(self.by_label.values())
         return counts
 
+    def reasons(self) -> list[str]:
+        """Why the hosts that do not fit fall short: `7950 short of cpu`, `50 without label zone=b`."""
+        parts = [f"{self.by_resource[k]} short of {k}" for k in SHORTFALL_KEYS if self.by_resource.get(k)]
+        return parts + [f"{n} without label {pair}" for pair, n in self.by_label.items() if n]
+
     def summary(self) -> str:
         """One line people can act on, e.g. `no host fits: 7950 short of cpu, 2000 short of memory, 50 without
         label zone=b (10000 considered)`."""
-        parts = [f"{self.by_resource[k]} short of {k}" for k in SHORTFALL_KEYS if self.by_resource.get(k)]
-        parts += [f"{n} without label {pair}" for pair, n in self.by_label.items() if n]
-        reasons = ", ".join(parts) if parts else "no host to consider"
+        reasons = ", ".join(self.reasons()) or "no host to consider"
         return f"no host fits: {reasons} ({self.considered} considered)"
 
 

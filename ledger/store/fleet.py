@@ -13,6 +13,7 @@ extreme host may be ranked on an approximation; `decide` still confirms it); Pos
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,11 @@ from ledger.store.hosts import Hosts
 from ledger.store.tx import HOST_COLUMNS, LockedHost
 
 _MARGIN = 8  # extra rows fetched beyond `limit`, in case decide turns one down
+_AMOUNTS = ("capacity", "effective_limit", "allocated", "pending", "available")
+_FLEET_STATUS = text(
+    "SELECT host_id, labels, resource, capacity, effective_limit, allocated, pending, available, "
+    "oversub_ratio, source FROM fleet_status ORDER BY host_id"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +121,33 @@ class Fleet:
         }
         fitting = counts.get("fit", 0) - sum(refused.values())
         return Search(candidates, Shortfalls(sum(counts.values()), fitting, by_resource, by_label))
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every host with its labels and each resource's status, as `fleet_status` reports it (from the
+        running totals, in one query)."""
+        hosts: dict[str, dict[str, Any]] = {}
+        with self.db.read() as conn:
+            for row in conn.execute(_FLEET_STATUS).mappings():
+                labels = row["labels"]
+                if isinstance(labels, str):  # SQLite keeps JSON as text; psycopg reads JSONB as a dict
+                    labels = json.loads(labels)
+                host = hosts.setdefault(
+                    row["host_id"], {"host": row["host_id"], "labels": dict(labels or {})}
+                )
+                host[row["resource"]] = {
+                    "type": row["resource"],
+                    **{
+                        k: int(row[k])
+                        for k in ("capacity", "effective_limit", "allocated", "pending", "available")
+                    },
+                    "oversub_ratio": float(row["oversub_ratio"]),
+                    "source": row["source"],
+                }
+        return [
+            {"host": h["host"], "labels": h["labels"], **{r.value: h[r.value] for r in RESOURCES}}
+            for h in hosts.values()
+            if all(r.value in h for r in RESOURCES)
+        ]
 
     def states(self, host_ids: Sequence[str]) -> dict[str, HostState]:
         """The hosts as a search reads them (not locked; expired holds still count until swept)."""

@@ -169,6 +169,10 @@ class Ledger:
         """The hosts `request` fits on, best first for `policy` (reads only; holds nothing)."""
         return self.fleet.search(request, labels=labels or {}, exclude=exclude, policy=policy, limit=limit)
 
+    def fleet_status(self) -> list[dict[str, Any]]:
+        """Every host's labels and resources in one query (the `fleet_status` view's running totals)."""
+        return self.fleet.status()
+
     def place(
         self,
         ask: Ask,

@@ -17,7 +17,20 @@ from ledger.store import migrate
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
-SUBCOMMANDS = ("config", "discover", "host", "status", "validate", "release", "db")
+SUBCOMMANDS = (
+    "serve",
+    "agent",
+    "config",
+    "discover",
+    "host",
+    "status",
+    "validate",
+    "release",
+    "fit",
+    "place",
+    "events",
+    "db",
+)
 RESOURCE_KEYS = {
     "type",
     "capacity",
