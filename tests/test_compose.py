@@ -110,8 +110,8 @@ def compose() -> dict[str, Any]:
 
 def test_compose_runs_nats_postgres_and_the_ledger(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"nats", "postgres", "ledger"}
-    assert set(compose["volumes"]) == {"nats-data", "postgres-data", "ledger-data"}
+    assert set(services) == {"nats", "postgres", "ledger", "agent"}
+    assert set(compose["volumes"]) == {"nats-data", "postgres-data", "ledger-data", "agent-data"}
 
     nats = services["nats"]
     assert nats["image"].startswith("nats:2.10-alpine")  # the scratch-based nats:2.10 has no wget
@@ -217,3 +217,16 @@ def test_dockerignore_keeps_the_context_small_but_buildable() -> None:
     assert {".git", ".venv", "**/__pycache__", ".pytest_cache", ".mypy_cache"} <= patterns
     copied = {"pyproject.toml", "ledger", "migrations", "README.md"}
     assert not copied & patterns
+
+
+def test_the_agent_publishes_to_the_compose_nats_with_valid_configuration(compose: dict[str, Any]) -> None:
+    agent = compose["services"]["agent"]
+    assert agent["command"][0] == "agent"
+    assert agent["depends_on"] == {"nats": {"condition": "service_healthy"}}
+    assert "agent-data:/var/lib/ledger" in agent["volumes"]
+    environment = agent["environment"]
+    assert sorted(set(environment) - ENV_NAMES) == []
+    settings = load_settings(environ={**environment, "LEDGER_DATA_DIR": "/var/lib/ledger"})
+    assert settings.nats_url == "nats://nats:4222"
+    assert dict(settings.host_labels) == {"zone": "a", "rack": "r12"}
+    assert settings.host_id != compose["services"]["ledger"]["environment"]["LEDGER_HOST_ID"]
