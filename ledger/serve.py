@@ -20,6 +20,7 @@ from ledger.bus.embedded import EmbeddedNats
 from ledger.bus.service import LedgerService
 from ledger.config import EMBEDDED_BUSY_POLL_US, Settings
 from ledger.local import open_ledger, refresh_host
+from ledger.pruning import prune_until
 
 log = logging.getLogger("ledger.serve")
 
@@ -97,10 +98,12 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         consuming = asyncio.create_task(consumer.run(stop))
+        pruning = asyncio.create_task(prune_until(stop, ledger, settings, consumer.durable))
         await stop.wait()
         log.info("stopping: answering in-flight requests and finishing the current event batch")
         await service.stop()
         await consuming
+        await pruning
         await consumer.close()
         try:
             await nc.drain()

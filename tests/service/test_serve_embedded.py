@@ -33,7 +33,17 @@ from tests.service.helpers import (
     unique,
 )
 
-ENDPOINTS = ("validate", "release", "status", "can_allocate", "defaults", "image_pull_check", "hosts")
+ENDPOINTS = (
+    "validate",
+    "release",
+    "status",
+    "can_allocate",
+    "defaults",
+    "image_pull_check",
+    "hosts",
+    "candidates",
+    "place",
+)
 
 
 def _instance(iid: str, reservation_id: str | None, **amounts: Any) -> dict[str, Any]:
