@@ -316,6 +316,11 @@ class LedgerClient:
     async def image_pull_check(self, host: str | None = None) -> dict[str, Any]:
         return await self.call("image_pull_check", {"host": host})
 
+    async def running_instances(self, host: str | None = None) -> list[dict[str, Any]]:
+        """The seed's InstanceUtilizationInfo of each Running instance: id, name, hypervisor_pid, tap_device,
+        allocated_vcpus, allocated_memory_bytes."""
+        return list((await self.call("running_instances", {"host": host}))["instances"])
+
     async def hosts(self) -> list[str]:
         return list((await self.call("hosts"))["hosts"])
 

@@ -67,6 +67,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "hosts": {},
     "candidates": {**_AMOUNTS, **_SEARCH, "limit": _INT},
     "place": {**_AMOUNTS, **_SEARCH, "attempts": _INT, "idempotency_key": _STR, "ttl_seconds": _NUM},
+    "running_instances": {"host": _STR},
 }
 REQUIRED: dict[str, frozenset[str]] = {
     "release": frozenset({"reservation_id"}),

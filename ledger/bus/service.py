@@ -41,7 +41,7 @@ from ledger.core.capacity import check_amount
 from ledger.core.charges import Ask
 from ledger.core.errors import InvalidRequest, LedgerError
 from ledger.core.placement import DEFAULT_ATTEMPTS, DEFAULT_LIMIT, MAX_ATTEMPTS, MAX_LIMIT
-from ledger.core.results import Grant
+from ledger.core.results import MAX_PAGE, Grant
 from ledger.store.ledger import HostAsk, Ledger
 
 log = logging.getLogger("ledger.service")
@@ -103,6 +103,7 @@ class LedgerService:
             "image_pull_check": self._image_pull_check,
             "hosts": self._hosts,
             "candidates": self._candidates,
+            "running_instances": self._running_instances,
             "place": self._place,
         }
         assert {*self._handlers, "validate"} == set(ENDPOINTS)
@@ -305,10 +306,14 @@ class LedgerService:
 
     def _status(self, body: dict[str, Any]) -> dict[str, Any]:
         host = self._host(body)
+        limit = body.get("limit", DEFAULT_STATUS_LIMIT)
+        if isinstance(limit, bool) or not 0 <= limit <= MAX_PAGE:  # parse_request made it an integer
+            raise InvalidRequest(f"limit must be a whole number from 0 to {MAX_PAGE}", field="limit")
         resource = resource_field(body)
         if resource is not None:
             return {"host": host, **self.ledger.status(host, resource).to_dict()}
-        limit = body.get("limit", DEFAULT_STATUS_LIMIT) if body.get("allocations", True) else 0
+        if not body.get("allocations", True):
+            limit = 0
         return self.ledger.full_status(host, limit=limit, after=body.get("after")).to_dict()
 
     def _can_allocate(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -335,6 +340,10 @@ class LedgerService:
 
     def _hosts(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"hosts": self.ledger.host_ids()}
+
+    def _running_instances(self, body: dict[str, Any]) -> dict[str, Any]:
+        host = self._host(body)
+        return {"host": host, "instances": [i.to_dict() for i in self.ledger.running_instances(host)]}
 
     def _candidates(self, body: dict[str, Any]) -> dict[str, Any]:
         search = SearchRequest.from_body(body, count="limit", default=DEFAULT_LIMIT, maximum=MAX_LIMIT)

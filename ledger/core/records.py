@@ -12,6 +12,8 @@ from ledger.core.resources import is_active
 from ledger.core.units import MAX_AMOUNT
 
 MAX_ID_LENGTH = 255
+MAX_PID = 2**31 - 1  # what a process id column holds (Linux allows at most 2^22)
+MAX_INTERFACE_NAME = 15  # Linux IFNAMSIZ, less its NUL
 
 
 def _field_error(kind: str, name: str, problem: str) -> InvalidRequest:
@@ -87,14 +89,17 @@ class _Record:
 class InstanceRecord(_Record):
     """The seed's InstanceAllocation in snake_case, plus the GPU it holds and the reservation it consumes.
 
-    A bandwidth left out (None) is charged the default (`core.admission.DefaultBandwidth`); `gpu` names the
-    GPU (profile or device) the instance holds, and an empty name means none.
+    A bandwidth left out (None) is charged the default (`core.charges.DefaultBandwidth`); `gpu` names the
+    GPU (profile or device) the instance holds, and an empty name means none. `hypervisor_pid` and
+    `tap_device` are the seed's InstanceUtilizationInfo: where a sampler finds the VM on its host.
     """
 
     KIND = "instance"
     REQUIRED_TEXT = frozenset({"id", "state"})
-    OPTIONAL_TEXT = frozenset({"name", "gpu", "reservation_id"})
-    OPTIONAL_AMOUNTS = frozenset({"network_download_bps", "network_upload_bps", "disk_io_bps"})
+    OPTIONAL_TEXT = frozenset({"name", "gpu", "reservation_id", "tap_device"})
+    OPTIONAL_AMOUNTS = frozenset(
+        {"network_download_bps", "network_upload_bps", "disk_io_bps", "hypervisor_pid"}
+    )
 
     id: str
     state: str
@@ -109,11 +114,27 @@ class InstanceRecord(_Record):
     disk_io_bps: int | None = None
     gpu: str | None = None
     reservation_id: str | None = None
+    hypervisor_pid: int | None = None  # the VM's hypervisor process on its host
+    tap_device: str | None = None  # its TAP device ("" or absent: no network)
 
     def __post_init__(self) -> None:
         _Record.__post_init__(self)
         if self.gpu == "":  # one meaning everywhere: no GPU
             object.__setattr__(self, "gpu", None)
+        if self.tap_device == "":
+            object.__setattr__(self, "tap_device", None)
+        if self.hypervisor_pid is not None and not 0 < self.hypervisor_pid <= MAX_PID:
+            raise InvalidRequest(
+                f"instance.hypervisor_pid must be a process id from 1 to {MAX_PID}, "
+                f"got {self.hypervisor_pid}",
+                field="hypervisor_pid",
+            )
+        if self.tap_device is not None and len(self.tap_device) > MAX_INTERFACE_NAME:
+            raise InvalidRequest(
+                f"instance.tap_device is longer than {MAX_INTERFACE_NAME} characters "
+                "(a Linux interface name)",
+                field="tap_device",
+            )
         disk = self.overlay_bytes + self.volume_overlay_bytes + self.volume_bytes
         if disk > MAX_AMOUNT:  # the instance's disk in reports adds these up
             raise InvalidRequest(

@@ -54,6 +54,7 @@ DEFAULT_RATIOS: dict[ResourceType, float] = {
 # whose state the orchestrator lost track of may still be running, and forgetting it would over-promise.
 ACTIVE_STATES: frozenset[str] = frozenset({"Created", "Running", "Paused", "Unknown"})
 INACTIVE_STATES: frozenset[str] = frozenset({"Stopped", "Standby", "Shutdown"})
+RUNNING = "Running"  # the state whose instances a usage sampler measures (the seed's InstanceUtilizationInfo)
 DELETED_STATE = "Deleted"  # what a deleted instance's tombstone (or a delete event without a state) says
 
 

@@ -108,6 +108,9 @@ class AllocationBreakdown:
         }
 
 
+MAX_PAGE = 10_000  # instances in one page of a status (status's `limit`)
+
+
 @dataclass(frozen=True, slots=True)
 class FullStatus:
     """The seed's FullResourceStatus, plus the host id and `pending` in every resource.
@@ -145,3 +148,26 @@ class ApplyResult:
     outcome: str
     entity_id: str
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceUtilizationInfo:
+    """The seed's InstanceUtilizationInfo: what a usage sampler needs of a running instance, and what it
+    was promised (memory is size + hotplug)."""
+
+    id: str
+    name: str
+    hypervisor_pid: int | None
+    tap_device: str
+    allocated_vcpus: int
+    allocated_memory_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "hypervisor_pid": self.hypervisor_pid,
+            "tap_device": self.tap_device,
+            "allocated_vcpus": self.allocated_vcpus,
+            "allocated_memory_bytes": self.allocated_memory_bytes,
+        }

@@ -69,6 +69,8 @@ def values(record: Record, host: HostState, defaults: DefaultBandwidth) -> dict[
             "gpu_slots": record.gpu_slots,
             "reservation_id": record.reservation_id,
             "defaulted": ",".join(defaulted),
+            "hypervisor_pid": record.hypervisor_pid,
+            "tap_device": record.tap_device,
         }
     if isinstance(record, VolumeRecord):
         return {"name": record.name or "", "size_bytes": record.size_bytes, "attached_to": record.attached_to}

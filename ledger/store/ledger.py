@@ -24,7 +24,7 @@ from ledger.core.errors import LedgerError, NotFound, Unavailable
 from ledger.core.gpu import GPUStatus
 from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
 from ledger.core.resources import Capacity, ResourceType
-from ledger.core.results import ApplyResult, FullStatus, Grant, ReservationInfo
+from ledger.core.results import ApplyResult, FullStatus, Grant, InstanceUtilizationInfo, ReservationInfo
 from ledger.store import journal
 from ledger.store.admission import Admission, Answer, HostAsk
 from ledger.store.database import Database
@@ -238,6 +238,10 @@ class Ledger:
     def full_status(self, host_id: str, *, limit: int | None = None, after: str | None = None) -> FullStatus:
         """The seed's FullResourceStatus for a host, plus `pending`, with `limit` instances (all: None)."""
         return self._status.full(host_id, limit=limit, after=after)
+
+    def running_instances(self, host_id: str) -> list[InstanceUtilizationInfo]:
+        """The seed's InstanceUtilizationInfo of each Running instance of the host (for usage samplers)."""
+        return self._status.running(host_id)
 
     def default_bandwidth(self, host_id: str, vcpus: int, *, burst_multiplier: float = 4.0) -> dict[str, int]:
         """What an instance of `vcpus` that states no bandwidth is charged (the seed's defaults)."""

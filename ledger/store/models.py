@@ -171,6 +171,9 @@ class Instance(Base):
     # the bandwidths the record left unstated (comma-separated), charged the default: charged again when
     # the host's capacities change, so the totals do not depend on which arrived first
     defaulted: Mapped[str] = mapped_column(String(64), default="")
+    # the seed's InstanceUtilizationInfo: where a usage sampler finds the VM on its host
+    hypervisor_pid: Mapped[int | None] = mapped_column(Integer)
+    tap_device: Mapped[str | None] = mapped_column(String(15))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     __table_args__ = (Index(None, "host_id", "active"),)

@@ -11,16 +11,22 @@ from sqlalchemy import bindparam, func, select
 from ledger.core import capacity as rules
 from ledger.core.capacity import ResourceStatus
 from ledger.core.charges import DefaultBandwidth
-from ledger.core.errors import InvalidRequest
+from ledger.core.errors import InvalidRequest, UnknownHost
 from ledger.core.host import DISK_IO, NETWORK
-from ledger.core.resources import ResourceType
-from ledger.core.results import AllocationBreakdown, DiskBreakdown, FullStatus
+from ledger.core.resources import RUNNING, ResourceType
+from ledger.core.results import (
+    MAX_PAGE,
+    AllocationBreakdown,
+    DiskBreakdown,
+    FullStatus,
+    InstanceUtilizationInfo,
+)
 from ledger.core.units import MAX_AMOUNT
 from ledger.store.database import Database
 from ledger.store.hosts import Hosts
+from ledger.store.sql import hosts as hosts_table
 from ledger.store.sql import instances
-
-MAX_PAGE = 10_000
+from ledger.store.tx import UNREGISTERED_HINT
 
 
 class Status:
@@ -40,6 +46,14 @@ class Status:
             .select_from(instances)
             .where(instances.c.host_id == bindparam("host"), active)
         )
+        self._running = (
+            select(instances)
+            .where(
+                instances.c.host_id == bindparam("host"), instances.c.state == RUNNING, ~instances.c.deleted
+            )
+            .order_by(instances.c.instance_id)
+        )
+        self._host_exists = select(hosts_table.c.host_id).where(hosts_table.c.host_id == bindparam("host"))
 
     def full(self, host_id: str, *, limit: int | None = None, after: str | None = None) -> FullStatus:
         """The host's status with up to `limit` active instances (all when None) after instance id `after`."""
@@ -89,6 +103,18 @@ class Status:
                 allocations_next=following,
                 labels=limits.labels,
             )
+
+    def running(self, host_id: str) -> list[InstanceUtilizationInfo]:
+        """The seed's InstanceUtilizationInfo list: the host's instances in state Running (a read)."""
+        with self.db.read() as conn:
+            if conn.execute(self._host_exists, {"host": host_id}).first() is None:
+                raise UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
+            return [
+                InstanceUtilizationInfo(
+                    r.instance_id, r.name, r.hypervisor_pid, r.tap_device or "", r.vcpus, r.memory_bytes
+                )
+                for r in conn.execute(self._running, {"host": host_id})
+            ]
 
     def resource(self, host_id: str, resource: ResourceType) -> ResourceStatus:
         """One resource's status on a host."""

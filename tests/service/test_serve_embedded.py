@@ -43,6 +43,7 @@ ENDPOINTS = (
     "hosts",
     "candidates",
     "place",
+    "running_instances",
 )
 
 
