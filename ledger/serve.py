@@ -12,15 +12,15 @@ import os
 import signal
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from ledger.bus.connect import connect
 from ledger.bus.consumer import EventConsumer
 from ledger.bus.embedded import EmbeddedNats
 from ledger.bus.service import LedgerService
-from ledger.config import EMBEDDED_BUSY_POLL_US, Settings
+from ledger.config import EMBEDDED_BUSY_POLL_US, Settings, mask_url
+from ledger.core.errors import Unavailable
 from ledger.local import open_ledger, refresh_host
 from ledger.pruning import prune_until
+from ledger.store.ledger import Ledger
 
 log = logging.getLogger("ledger.serve")
 
@@ -29,6 +29,17 @@ RUNTIME_FILE = "serve.json"  # in the data dir: where the running service's NATS
 
 def runtime_path(settings: Settings) -> Path:
     return settings.data_dir / RUNTIME_FILE
+
+
+def write_runtime_file(settings: Settings, url: str) -> None:
+    """serve.json: readable by its owner only, and with any password in the URL masked (a reader that needs
+    credentials has them in its own configuration)."""
+    path = runtime_path(settings)
+    text = json.dumps({"pid": os.getpid(), "nats_url": mask_url(url), "host": settings.host_id})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)  # an older file keeps its mode through O_TRUNC
+        file.write(text)
 
 
 def running_nats_url(settings: Settings) -> str | None:
@@ -42,8 +53,19 @@ def running_nats_url(settings: Settings) -> str | None:
     return str(url) if url else None
 
 
-def _safe_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
+class Stopping:
+    """Why the service stops: a signal (a clean exit, 0) or a failure that ends it (raised as Unavailable)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.failure: str | None = None
+
+    def request(self) -> None:
+        self.event.set()
+
+    def fail(self, reason: str) -> None:
+        self.failure = self.failure or reason
+        self.event.set()
 
 
 async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
@@ -59,59 +81,7 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
     try:
         ledger = await asyncio.to_thread(open_ledger, settings)
         await asyncio.to_thread(refresh_host, ledger, settings, root)
-        nc = await connect(url, settings, name=f"ledger-serve-{settings.host_id}")
-        consumer = EventConsumer(nc, ledger)
-        busy_poll_us = settings.busy_poll_us
-        if busy_poll_us is None:
-            busy_poll_us = EMBEDDED_BUSY_POLL_US if embedded is not None else 0
-        await consumer.start()
-        service = LedgerService(
-            nc,
-            ledger,
-            default_host=settings.host_id,
-            max_image_storage=settings.max_image_storage,
-            disk_io_burst_multiplier=settings.disk_io_burst_multiplier,
-            busy_poll_s=busy_poll_us / 1e6,
-            background_idle=lambda: not consumer.applying,
-        )
-        await service.start()
-        # Start-up objects (SQLAlchemy metadata, compiled statements, modules) live as long as the process:
-        # keep them out of the cyclic collector's full passes, which otherwise stall the loop for ms.
-        gc.freeze()
-        runtime_path(settings).write_text(
-            json.dumps({"pid": os.getpid(), "nats_url": url, "host": settings.host_id})
-        )
-        log.info(
-            "serving host %s",
-            settings.host_id,
-            extra={
-                "host": settings.host_id,
-                "database": _safe_url(settings.database_url),
-                "nats": url,
-                "nats_embedded": embedded is not None,
-                "busy_poll_us": busy_poll_us,
-                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
-            },
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        consuming = asyncio.create_task(consumer.run(stop))
-        pruning = asyncio.create_task(prune_until(stop, ledger, settings, consumer.durable))
-        await stop.wait()
-        log.info("stopping: answering in-flight requests and finishing the current event batch")
-        await service.stop()
-        await consuming
-        await pruning
-        await consumer.close()
-        try:
-            await nc.drain()
-        except Exception:  # NATS is down or reconnecting: nothing can be flushed; close what is left
-            with contextlib.suppress(Exception):
-                await nc.close()
-        log.info("stopped cleanly", extra={"events_handled": consumer.handled})
-        return 0
+        return await _serve_ledger(ledger, settings, url, embedded=embedded is not None)
     finally:
         with contextlib.suppress(OSError):
             runtime_path(settings).unlink()
@@ -119,3 +89,64 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
             ledger.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def _serve_ledger(ledger: Ledger, settings: Settings, url: str, *, embedded: bool) -> int:
+    stopping = Stopping()
+    nc = await connect(
+        url,
+        settings,
+        name=f"ledger-serve-{settings.host_id}",
+        on_closed=lambda: stopping.fail(f"the connection to NATS at {mask_url(url)} closed for good"),
+    )
+    consumer = EventConsumer(nc, ledger)
+    busy_poll_us = settings.busy_poll_us
+    if busy_poll_us is None:
+        busy_poll_us = EMBEDDED_BUSY_POLL_US if embedded else 0
+    await consumer.start()
+    service = LedgerService(
+        nc,
+        ledger,
+        default_host=settings.host_id,
+        max_image_storage=settings.max_image_storage,
+        disk_io_burst_multiplier=settings.disk_io_burst_multiplier,
+        busy_poll_s=busy_poll_us / 1e6,
+        background_idle=lambda: not consumer.applying,
+    )
+    await service.start()
+    # Start-up objects (SQLAlchemy metadata, compiled statements, modules) live as long as the process:
+    # keep them out of the cyclic collector's full passes, which otherwise stall the loop for ms.
+    gc.freeze()
+    write_runtime_file(settings, url)
+    log.info(
+        "serving host %s",
+        settings.host_id,
+        extra={
+            "host": settings.host_id,
+            "database": mask_url(settings.database_url),
+            "nats": mask_url(url),
+            "nats_embedded": embedded,
+            "busy_poll_us": busy_poll_us,
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+        },
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.request)
+    consuming = asyncio.create_task(consumer.run(stopping.event))
+    pruning = asyncio.create_task(prune_until(stopping.event, ledger, settings, consumer.durable))
+    await stopping.event.wait()
+    log.info("stopping: answering in-flight requests and finishing the current event batch")
+    await service.stop()
+    await consuming
+    await pruning
+    await consumer.close()
+    try:
+        await nc.drain()
+    except Exception:  # NATS is down or reconnecting: nothing can be flushed; close what is left
+        with contextlib.suppress(Exception):
+            await nc.close()
+    if stopping.failure:
+        raise Unavailable(f"{stopping.failure}; stopped")
+    log.info("stopped cleanly", extra={"events_handled": consumer.handled})
+    return 0

@@ -16,7 +16,18 @@ from nats.aio.client import PING_PROTO, Client
 
 
 class OrderedFlushClient(Client):
-    """nats-py's Client, with the PING of flush(), rtt() and the keep-alive sent after what is buffered."""
+    """nats-py's Client, with the PING of flush(), rtt() and the keep-alive sent after what is buffered;
+    it also remembers whether it is being closed on purpose (so a lost connection can be told apart)."""
+
+    closing_on_purpose = False
+
+    async def close(self) -> None:
+        self.closing_on_purpose = True
+        await super().close()
+
+    async def drain(self) -> None:
+        self.closing_on_purpose = True
+        await super().drain()
 
     async def _send_ping(self, future: asyncio.Future[Any] | None = None) -> None:
         if future is None:
