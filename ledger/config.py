@@ -152,6 +152,29 @@ def _labels(value: Raw) -> dict[str, str]:
         raise ValueError(exc.message.removeprefix("host_labels: ")) from None
 
 
+MAX_STREAM_REPLICAS = 5  # JetStream's own limit
+
+
+def _replicas(value: Raw) -> int:
+    wrong = f"must be a whole number from 1 to {MAX_STREAM_REPLICAS}"
+    number = _whole(value, wrong)
+    if not 1 <= number <= MAX_STREAM_REPLICAS:
+        raise ValueError(wrong)
+    return number
+
+
+def _listen_addr(value: Raw) -> str | None:
+    """`HOST:PORT` to listen on; empty or `off` turns the listener off (None)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"", "off"}):
+        return None
+    text = _text(value)
+    host, colon, port = text.rpartition(":")
+    if not colon or not host:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464 or 0.0.0.0:9464, or empty to turn it off")
+    _port(port)
+    return text
+
+
 def _days(value: Raw) -> float:
     number = _number(value)
     if number < 0:
@@ -242,6 +265,7 @@ class Setting:
     secret: bool = False
     url: bool = False
     cli_flag: bool = False
+    empty_is_value: bool = False  # an empty environment variable is a value (e.g. "off"), not "unset"
 
     @property
     def flag(self) -> str:
@@ -479,6 +503,40 @@ SETTINGS: tuple[Setting, ...] = (
         "how often `ledger serve` prunes what the retention settings let go, in small batches",
         300.0,
     ),
+    Setting(
+        "metrics_addr",
+        ("LEDGER_METRICS_ADDR",),
+        _listen_addr,
+        "HOST:PORT, or empty (or `off`) to turn it off",
+        "where `ledger serve` and `ledger agent` serve /metrics (Prometheus), /livez, /healthz and /readyz",
+        "127.0.0.1:9464",
+        empty_is_value=True,
+    ),
+    Setting(
+        "stream_replicas",
+        ("LEDGER_STREAM_REPLICAS",),
+        _replicas,
+        f"a whole number from 1 to {MAX_STREAM_REPLICAS}",
+        "replicas of the JetStream streams the ledger creates (3 on a NATS cluster); an existing stream "
+        "with another count is updated",
+        1,
+    ),
+    Setting(
+        "usage_interval",
+        ("LEDGER_USAGE_INTERVAL",),
+        _seconds,
+        "a number of seconds greater than 0",
+        "how often `ledger agent` samples what each running VM really uses (CPU, memory, disk and network)",
+        10.0,
+    ),
+    Setting(
+        "retention_usage_days",
+        ("LEDGER_RETENTION_USAGE_DAYS",),
+        _days,
+        "a number of days (0 keeps them forever)",
+        "how long hourly usage rollups are kept (the latest sample of each instance is always kept)",
+        14.0,
+    ),
     Setting("log_format", ("LEDGER_LOG_FORMAT",), _log_format, "text or json", "log line format", "text"),
     Setting("nats_user", ("LEDGER_NATS_USER",), _text, "a user name", "NATS user"),
     Setting("nats_password", ("LEDGER_NATS_PASSWORD",), _text, "a password", "NATS password", secret=True),
@@ -529,6 +587,10 @@ class Settings:
     retention_history_days: float
     retention_dead_letters_days: float
     prune_interval: float
+    metrics_addr: str | None
+    stream_replicas: int
+    usage_interval: float
+    retention_usage_days: float
     log_format: str
     nats_user: str | None
     nats_password: str | None
@@ -620,7 +682,7 @@ def load_settings(
             raw, source = flags[setting.key], f"flag {setting.flag}"
         else:
             for name in setting.env:
-                if env.get(name, "").strip():
+                if env.get(name, "").strip() or (name in env and setting.empty_is_value):
                     raw, source = env[name], f"environment {name}"
                     break
             else:

@@ -170,6 +170,16 @@ def test_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
     assert settings.oversub_cpu == 3.0
 
 
+@pytest.mark.parametrize("off", ["", "  ", "off", "OFF"])
+def test_an_empty_metrics_address_turns_the_listener_off(tmp_path: Path, off: str) -> None:
+    assert load(tmp_path).metrics_addr == "127.0.0.1:9464"
+    settings = load(tmp_path, {"LEDGER_METRICS_ADDR": off})
+    assert settings.metrics_addr is None
+    assert settings.sources["metrics_addr"] == "environment LEDGER_METRICS_ADDR"
+    assert load(tmp_path, config_file=write_toml(tmp_path, 'metrics_addr = ""\n')).metrics_addr is None
+    assert load(tmp_path, {"LEDGER_METRICS_ADDR": "0.0.0.0:9100"}).metrics_addr == "0.0.0.0:9100"
+
+
 def test_flag_none_lets_lower_sources_show_through(tmp_path: Path) -> None:
     settings = load(tmp_path, {"LEDGER_HOST_ID": "env-host"}, flags={"host_id": None, "data_dir": None})
     assert settings.host_id == "env-host"
@@ -445,6 +455,11 @@ def assert_names_setting_source_and_forms(exc: ConfigError, key: str, source: st
         ("LEDGER_BUSY_POLL_US", "2.5", "busy_poll_us"),
         ("LEDGER_BUSY_POLL_US", "fast", "busy_poll_us"),
         ("LEDGER_LOG_FORMAT", "xml", "log_format"),
+        ("LEDGER_METRICS_ADDR", "9464", "metrics_addr"),
+        ("LEDGER_METRICS_ADDR", "127.0.0.1:99999", "metrics_addr"),
+        ("LEDGER_STREAM_REPLICAS", "0", "stream_replicas"),
+        ("LEDGER_STREAM_REPLICAS", "7", "stream_replicas"),
+        ("LEDGER_USAGE_INTERVAL", "0", "usage_interval"),
     ],
 )
 def test_bad_environment_value_names_setting_source_and_accepted_forms(
