@@ -169,9 +169,9 @@ def _listen_addr(value: Raw) -> str | None:
         return None
     text = _text(value)
     host, colon, port = text.rpartition(":")
-    if not colon or not host:
-        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464 or 0.0.0.0:9464, or empty to turn it off")
-    _port(port)
+    wrong = "must be HOST:PORT (port 0: any free one), e.g. 127.0.0.1:9464, or empty to turn it off"
+    if not colon or not host or _whole(port, wrong) not in range(65536):
+        raise ValueError(wrong)
     return text
 
 
@@ -507,7 +507,7 @@ SETTINGS: tuple[Setting, ...] = (
         "metrics_addr",
         ("LEDGER_METRICS_ADDR",),
         _listen_addr,
-        "HOST:PORT, or empty (or `off`) to turn it off",
+        "HOST:PORT (port 0: any free port, written to `serve.json`), or empty (or `off`) to turn it off",
         "where `ledger serve` and `ledger agent` serve /metrics (Prometheus), /livez, /healthz and /readyz",
         "127.0.0.1:9464",
         empty_is_value=True,

@@ -457,6 +457,7 @@ def assert_names_setting_source_and_forms(exc: ConfigError, key: str, source: st
         ("LEDGER_LOG_FORMAT", "xml", "log_format"),
         ("LEDGER_METRICS_ADDR", "9464", "metrics_addr"),
         ("LEDGER_METRICS_ADDR", "127.0.0.1:99999", "metrics_addr"),
+        ("LEDGER_METRICS_ADDR", "127.0.0.1:-1", "metrics_addr"),
         ("LEDGER_STREAM_REPLICAS", "0", "stream_replicas"),
         ("LEDGER_STREAM_REPLICAS", "7", "stream_replicas"),
         ("LEDGER_USAGE_INTERVAL", "0", "usage_interval"),
