@@ -1,0 +1,1 @@
+"""Watching a running ledger: Prometheus metrics, liveness and readiness over HTTP."""
