@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -15,6 +16,11 @@ from ledger.bus.embedded import EmbeddedNats
 from ledger.core.resources import Capacity, ResourceType, Source
 from ledger.store import migrate
 from ledger.store.ledger import Ledger
+
+# Speed is measured in bench/, not asserted in tests: Hypothesis's per-example deadline would fail a
+# property on a busy machine for its timing alone.
+settings.register_profile("ledger", deadline=None)
+settings.load_profile("ledger")
 
 PG_ADMIN_URL = os.environ.get("LEDGER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

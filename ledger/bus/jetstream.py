@@ -26,6 +26,43 @@ ACK_WAIT_S = 60.0
 MAX_MSG_BYTES = 1024 * 1024
 
 
+USAGE_STREAM = "LEDGER_USAGE"
+USAGE_SUBJECTS = ["ledger.usage.>"]
+USAGE_DURABLE = "ledger-usage"
+USAGE_MAX_AGE_S = 3600.0  # usage older than the previous hour is dropped on arrival anyway
+USAGE_MAX_BYTES = 256 * 2**20
+
+
+def usage_subject(host_id: str) -> str:
+    return f"ledger.usage.{host_id}"
+
+
+def usage_stream_config() -> StreamConfig:
+    """Usage samples: a stream of their own, so they can never slow or fill the lifecycle stream. Lossy by
+    design: bounded in age and size, and the oldest go when it is full."""
+    return StreamConfig(
+        name=USAGE_STREAM,
+        subjects=USAGE_SUBJECTS,
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        max_age=USAGE_MAX_AGE_S,
+        max_bytes=USAGE_MAX_BYTES,
+        max_msg_size=MAX_MSG_BYTES,
+    )
+
+
+def usage_consumer_config() -> ConsumerConfig:
+    """Acked after the batch is stored; a few redeliveries at most (a sample is worth little once late)."""
+    return ConsumerConfig(
+        durable_name=USAGE_DURABLE,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_S,
+        max_deliver=3,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+
+
 def stream_config(name: str = STREAM, subjects: list[str] | None = None) -> StreamConfig:
     """File storage, limits retention, a duplicate window; `discard=new` so a full stream refuses
     publishes (the publisher sees it) rather than dropping events the ledger has not applied."""

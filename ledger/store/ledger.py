@@ -3,9 +3,9 @@
 It puts together the store's parts, each with one job: transactions and locking (`database`, `tx`), hosts
 and capacities (`hosts`), admission (`admission`, and PostgreSQL's one-round-trip strategy in
 `optimistic`), reservations after the grant (`reservations`), entity records from events (`entities`),
-reading a host (`status`) and the event journal (`journal`). Every write that changes what a host owes
-takes the host's lock and moves its running totals in the same transaction, so a reservation turning into
-an instance is counted once; `ledger_drift` proves the totals against the rows.
+reading a host (`status`), the event journal (`journal`) and sampled usage (`usage`). Every write that
+changes what a host owes takes the host's lock and moves its running totals in the same transaction, so a
+reservation turning into an instance is counted once; `ledger_drift` proves the totals against the rows.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
+from ledger.core.advice import Advice, advise
 from ledger.core.capacity import ResourceStatus
 from ledger.core.charges import AllocationRequest, Ask, DefaultBandwidth
 from ledger.core.errors import LedgerError, NotFound, Unavailable
@@ -39,6 +40,7 @@ from ledger.store.optimistic import OptimisticAdmission
 from ledger.store.place import Placer
 from ledger.store.reservations import Reservations
 from ledger.store.status import Status
+from ledger.store.usage import UsageStore
 
 __all__ = ["Change", "EventMark", "HostAsk", "Ledger"]
 
@@ -69,6 +71,7 @@ class Ledger:
         self._status = Status(self.db, self.hosts)
         self.fleet = Fleet(self.db, self.hosts, self.defaults, reservation_ttl)
         self.placer = Placer(self.db, self.fleet, self.admission)
+        self.usage = UsageStore(self.db)  # what VMs really use: beside the ledger, never part of its totals
         # PostgreSQL only (one round trip instead of four); `optimistic=False` measures what it is worth
         self.optimistic = (
             OptimisticAdmission(self.db, self.admission) if optimistic and not self.db.sqlite else None
@@ -242,6 +245,16 @@ class Ledger:
     def running_instances(self, host_id: str) -> list[InstanceUtilizationInfo]:
         """The seed's InstanceUtilizationInfo of each Running instance of the host (for usage samplers)."""
         return self._status.running(host_id)
+
+    def advise(self, host_id: str, *, window_days: float, **thresholds: Any) -> list[Advice]:
+        """Per resource, the ratio the host's observed usage supports (core.advice; `thresholds` are its
+        headroom, min_samples and min_days). Changes nothing."""
+        resources = self.full_status(host_id, limit=0).resources
+        evidence = self.usage.evidence(host_id, window_days)
+        return [
+            advise(r, status.oversub_ratio, status.allocated, evidence[r], **thresholds)
+            for r, status in resources.items()
+        ]
 
     def default_bandwidth(self, host_id: str, vcpus: int, *, burst_multiplier: float = 4.0) -> dict[str, int]:
         """What an instance of `vcpus` that states no bandwidth is charged (the seed's defaults)."""

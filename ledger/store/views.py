@@ -7,6 +7,8 @@ Each version is frozen once a migration uses it: change a view by adding a new v
 
 from __future__ import annotations
 
+from ledger.core.usage import RESOURCE_MEASURES
+
 _NOW = {
     "sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now')",
     "postgresql": "(now() AT TIME ZONE 'UTC')",
@@ -282,4 +284,59 @@ def views_v3(dialect: str) -> list[tuple[str, str]]:
     return [*((n, _drift_v3() if n == "ledger_drift" else q) for n, q in views), ("fleet_status", fleet)]
 
 
-current = views_v3  # the views the newest migration creates
+# ---- version 4: what VMs really use ---------------------------------------------------------------------
+# "p95" in these views is the highest hourly p95 kept (LEDGER_RETENTION_USAGE_DAYS, 14 days by default):
+# the busiest hour's typical peak, which is what a ratio must allow for.
+
+_INSTANCE_UTILIZATION_V4 = """
+SELECT i.host_id, i.instance_id, i.name AS instance_name, i.state,
+       i.vcpus AS allocated_vcpus, i.memory_bytes AS allocated_memory_bytes,
+       i.network_bps AS allocated_network_bps, i.disk_io_bps AS allocated_disk_io_bps,
+       l.at AS sampled_at, l.unmeasured_reason,
+       l.cpu_vcpus, l.memory_rss_bytes, l.disk_read_bps, l.disk_write_bps, l.network_rx_bps, l.network_tx_bps,
+       COALESCE(r.hours, 0) AS hours, {p95}
+FROM instances i
+LEFT JOIN usage_latest l ON l.host_id = i.host_id AND l.instance_id = i.instance_id
+LEFT JOIN (
+    SELECT host_id, instance_id, COUNT(*) AS hours, {max_p95}
+    FROM usage_hourly GROUP BY host_id, instance_id
+) r ON r.host_id = i.host_id AND r.instance_id = i.instance_id
+WHERE i.active AND NOT i.deleted
+"""
+
+_HOST_UTILIZATION_V4 = """
+SELECT c.host_id, c.resource, c.capacity, c.effective_limit, {allocated} AS allocated,
+       {used_p95} AS used_p95, {used_max} AS used_max, c.oversub_ratio, COALESCE(u.hours, 0) AS hours
+FROM capacities c
+JOIN hosts h ON h.host_id = c.host_id
+LEFT JOIN (
+    SELECT host_id, COUNT(*) AS hours, {max_stats}
+    FROM host_usage_hourly GROUP BY host_id
+) u ON u.host_id = c.host_id
+"""
+
+
+def _used(stat: str) -> str:
+    """Per resource (a capacities row `c`), the host's usage summary column `u.<measure>_<stat>`."""
+    branches = " ".join(f"WHEN '{r.value}' THEN u.{m}_{stat}" for r, m in RESOURCE_MEASURES.items())
+    return f"CASE c.resource {branches} END"
+
+
+def views_v4(dialect: str) -> list[tuple[str, str]]:
+    """(name, SELECT) in creation order for schema version 4: version 3 plus `instance_utilization`
+    (allocated beside used, latest and p95) and `host_utilization` (per resource: limit, allocated, used)."""
+    measures = list(RESOURCE_MEASURES.values())
+    instance = _INSTANCE_UTILIZATION_V4.format(
+        p95=", ".join(f"r.{m}_p95" for m in measures),
+        max_p95=", ".join(f"MAX({m}_p95) AS {m}_p95" for m in measures),
+    )
+    host = _HOST_UTILIZATION_V4.format(
+        allocated=_TOTALS_ALLOCATED,
+        used_p95=_used("p95"),
+        used_max=_used("max"),
+        max_stats=", ".join(f"MAX({m}_{s}) AS {m}_{s}" for m in measures for s in ("p95", "max")),
+    )
+    return [*views_v3(dialect), ("instance_utilization", instance), ("host_utilization", host)]
+
+
+current = views_v4  # the views the newest migration creates

@@ -30,6 +30,10 @@ TABLES = {
     "processed_events",
     "dead_letters",
     "placements",
+    "usage_latest",
+    "usage_samples",
+    "usage_hourly",
+    "host_usage_hourly",
 }
 VIEWS = {name for name, _ in current("sqlite")}
 
