@@ -1,4 +1,4 @@
-"""Disk capacity: the size of the filesystem holding the data dir (statvfs), or DISK_LIMIT.
+"""Disk capacity: the size of the filesystem holding the data dir (psutil's `disk_usage`), or DISK_LIMIT.
 
 The data dir is a path on the running host, not under the discovery root: a fixture tree has no real
 filesystem to measure, so tests point `data_dir` at a temporary directory.
@@ -6,8 +6,9 @@ filesystem to measure, so tests point `data_dir` at a temporary directory.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+import psutil
 
 from ledger.core.resources import Capacity, Source
 
@@ -15,10 +16,9 @@ HINT = "cannot measure the data dir {path} ({reason}); set DISK_LIMIT, e.g. DISK
 
 
 def filesystem_size(path: Path) -> int:
-    """Total bytes of the filesystem holding `path` (f_blocks * f_frsize), creating `path` if missing."""
+    """Total bytes of the filesystem holding `path`, creating `path` if missing."""
     path.mkdir(parents=True, exist_ok=True)
-    stats = os.statvfs(path)
-    return stats.f_blocks * stats.f_frsize
+    return int(psutil.disk_usage(str(path)).total)
 
 
 def detect_disk(data_dir: Path) -> Capacity:
@@ -28,7 +28,7 @@ def detect_disk(data_dir: Path) -> Capacity:
     except OSError as exc:
         return Capacity(0, Source.UNDETECTED, HINT.format(path=data_dir, reason=exc.strerror or exc))
     if size <= 0:
-        return Capacity(0, Source.UNDETECTED, HINT.format(path=data_dir, reason="statvfs reports size 0"))
+        return Capacity(0, Source.UNDETECTED, HINT.format(path=data_dir, reason="its filesystem says size 0"))
     return Capacity(size, Source.DETECTED)
 
 

@@ -1,27 +1,33 @@
-"""Memory capacity: MemTotal from /proc/meminfo, capped by the cgroup v2 `memory.max` when it is a number.
+"""Memory capacity: MemTotal (psutil's `virtual_memory().total`, read from the root's /proc/meminfo), capped
+by the cgroup v2 `memory.max` when it is a number.
 
 Like CPUs, /proc/meminfo shows the whole machine even inside a memory-limited container.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import psutil
+
 from ledger.core.resources import Capacity, Source
-from ledger.discovery.sysfs import REAL_ROOT, read_int, read_text, under
+from ledger.discovery.procfs import procfs
+from ledger.discovery.sysfs import REAL_ROOT, read_int, under
 
 HINT = "cannot read MemTotal from {path}; set MEMORY_LIMIT, e.g. MEMORY_LIMIT=128GiB"
 
 
-def mem_total(meminfo: str) -> int | None:
-    """MemTotal in bytes (the file says kB, meaning KiB), or None if absent."""
-    for line in meminfo.splitlines():
-        key, _, rest = line.partition(":")
-        if key.strip() == "MemTotal":
-            fields = rest.split()
-            if fields and fields[0].isdigit():
-                return int(fields[0]) * 1024
-    return None
+def mem_total(root: Path) -> int | None:
+    """MemTotal in bytes, or None if /proc/meminfo under `root` cannot say."""
+    with procfs(root), warnings.catch_warnings():
+        # psutil warns when a meminfo lacks fields it reports beside the total; only the total is used
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            total = psutil.virtual_memory().total
+        except (OSError, ValueError, KeyError, IndexError):
+            return None
+    return total if total > 0 else None
 
 
 def cgroup_memory_limit(root: Path) -> int | None:
@@ -32,11 +38,9 @@ def cgroup_memory_limit(root: Path) -> int | None:
 
 def detect_memory(root: Path = REAL_ROOT) -> Capacity:
     """Detected memory bytes, or `undetected` with a hint."""
-    path = under(root, "/proc/meminfo")
-    text = read_text(path)
-    total = mem_total(text) if text else None
+    total = mem_total(root)
     if not total:
-        return Capacity(0, Source.UNDETECTED, HINT.format(path=path))
+        return Capacity(0, Source.UNDETECTED, HINT.format(path=under(root, "/proc/meminfo")))
     cap = cgroup_memory_limit(root)
     return Capacity(min(total, cap) if cap is not None else total, Source.DETECTED)
 

@@ -1,4 +1,4 @@
-"""Disk reader: statvfs of the data dir (created if missing); DISK_LIMIT wins."""
+"""Disk reader: the size of the data dir's filesystem (created if missing); DISK_LIMIT wins."""
 
 from __future__ import annotations
 
