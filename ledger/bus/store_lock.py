@@ -4,6 +4,11 @@ Two `ledger serve` on one data dir (`make run` typed twice, say) would start two
 JetStream files, which corrupts them, and the second would overwrite the first's serve.json. An exclusive
 lock on a file in the store, held while the server runs, turns that into a clear refusal at start. The
 kernel drops the lock when its process dies, so a crash never leaves the directory locked.
+
+Only the ledger process holds it, never the nats-server it starts (the descriptor is close-on-exec): a
+server orphaned by a crash must not keep the store locked in its dead owner's name. The next start takes the
+free lock and then stops that server (`ledger.bus.embedded.stop_leftover`), so whatever is recorded as
+serving a store whose lock one holds has no live owner.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class StoreLock:
             return
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # see the module docstring
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
