@@ -14,7 +14,9 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
+
+from ledger.core.errors import ConfigError
 
 log = logging.getLogger("ledger.events")
 
@@ -37,11 +39,12 @@ def usage_subject(host_id: str) -> str:
     return f"ledger.usage.{host_id}"
 
 
-def usage_stream_config() -> StreamConfig:
+def usage_stream_config(replicas: int = 1) -> StreamConfig:
     """Usage samples: a stream of their own, so they can never slow or fill the lifecycle stream. Lossy by
     design: bounded in age and size, and the oldest go when it is full."""
     return StreamConfig(
         name=USAGE_STREAM,
+        num_replicas=replicas,
         subjects=USAGE_SUBJECTS,
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
@@ -63,11 +66,15 @@ def usage_consumer_config() -> ConsumerConfig:
     )
 
 
-def stream_config(name: str = STREAM, subjects: list[str] | None = None) -> StreamConfig:
-    """File storage, limits retention, a duplicate window; `discard=new` so a full stream refuses
-    publishes (the publisher sees it) rather than dropping events the ledger has not applied."""
+def stream_config(
+    name: str = STREAM, subjects: list[str] | None = None, *, replicas: int = 1
+) -> StreamConfig:
+    """File storage, limits retention, a duplicate window, `replicas` copies (3 on a NATS cluster, so the
+    stream survives a node); `discard=new` so a full stream refuses publishes (the publisher sees it) rather
+    than dropping events the ledger has not applied."""
     return StreamConfig(
         name=name,
+        num_replicas=replicas,
         subjects=subjects or SUBJECTS,
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
@@ -77,15 +84,43 @@ def stream_config(name: str = STREAM, subjects: list[str] | None = None) -> Stre
     )
 
 
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream, or update it when it exists (add_stream with a changed config fails)."""
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, owner: bool = True) -> None:
+    """Create the stream if it is missing. Its owner (`ledger serve`) also updates an existing one to
+    `config`, saying so when the replica count changes; anyone else (a publisher, an agent) leaves an
+    existing stream as it is, so a client with other settings can never shrink the owner's stream. A
+    replica count the NATS servers cannot hold is a ConfigError that says what to set."""
+    name = config.name or STREAM
     try:
-        await js.stream_info(config.name or STREAM)
+        info = await js.stream_info(name)
     except NotFoundError:
-        await js.add_stream(config)
-        log.info("created stream %s", config.name)
+        try:
+            await js.add_stream(config)
+        except APIError as exc:
+            raise _replicas_error(name, config, exc) from None
+        log.info("created stream %s with %d replica(s)", name, config.num_replicas or 1)
         return
-    await js.update_stream(config)
+    if not owner:
+        return
+    had, wanted = info.config.num_replicas or 1, config.num_replicas or 1
+    try:
+        await js.update_stream(config)
+    except APIError as exc:
+        raise _replicas_error(name, config, exc) from None
+    if had != wanted:
+        log.warning("stream %s had %d replica(s): updated to %d (LEDGER_STREAM_REPLICAS)", name, had, wanted)
+
+
+def _replicas_error(name: str, config: StreamConfig, exc: APIError) -> Exception:
+    wanted = config.num_replicas or 1
+    detail = exc.description or str(exc)
+    if wanted > 1 and ("replica" in detail.lower() or "cluster" in detail.lower()):
+        return ConfigError(
+            f"cannot keep stream {name} in {wanted} replicas: NATS says {detail!r}. "
+            f"A replica count needs a JetStream cluster of at least that many servers; "
+            f"set LEDGER_STREAM_REPLICAS=1 for a single server",
+            setting="stream_replicas",
+        )
+    return exc
 
 
 def consumer_config(durable: str, start_seq: int | None = None) -> ConsumerConfig:

@@ -68,23 +68,25 @@ async def publish_report(js: JetStreamContext, report: UsageReport, timeout: flo
     await js.publish(usage_subject(report.host), report.to_json(), timeout=timeout)
 
 
-async def ensure_usage_stream(js: JetStreamContext) -> None:
-    await ensure_stream(js, usage_stream_config())
+async def ensure_usage_stream(js: JetStreamContext, replicas: int = 1, *, owner: bool = True) -> None:
+    """The usage stream: created if missing; updated only by its owner, `ledger serve` (see ensure_stream)."""
+    await ensure_stream(js, usage_stream_config(replicas), owner=owner)
 
 
 class UsageIngest:
     """The service's side: fetch reports in batches, store them, keep the hourly summaries current."""
 
-    def __init__(self, nc: Client, ledger: Ledger, *, retention_days: float) -> None:
+    def __init__(self, nc: Client, ledger: Ledger, *, retention_days: float, replicas: int = 1) -> None:
         self.js = nc.jetstream()
         self.ledger = ledger
         self.retention_days = retention_days
+        self.replicas = replicas
         self.drops = DropLog()
         self.stored = 0
         self._sub: Any = None
 
     async def start(self) -> None:
-        await ensure_usage_stream(self.js)
+        await ensure_usage_stream(self.js, self.replicas)
         try:
             await self.js.consumer_info(USAGE_STREAM, USAGE_DURABLE)
         except NotFoundError:

@@ -43,7 +43,7 @@ class SamplingLoop:
             started = loop.time()
             try:
                 if not stream_ready:
-                    await ensure_usage_stream(self.js)
+                    await ensure_usage_stream(self.js, owner=False)  # `ledger serve` sets its replicas
                     stream_ready = True
                 await self.round()
                 self._fine()
