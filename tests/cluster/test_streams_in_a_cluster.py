@@ -10,6 +10,8 @@ import pytest
 from nats.aio.client import Client
 
 from ledger.bus.jetstream import STREAM, ensure_stream, stream_config
+from ledger.bus.publisher import publish_event
+from ledger.events.contract import make_event
 from tests.cluster.harness import NatsCluster, stream_leader
 
 
@@ -39,8 +41,9 @@ async def test_the_owner_raises_the_replicas_and_publishing_survives_a_node(clus
 
         follower = next(r.name for r in info.cluster.replicas or [])
         cluster.stop_node(follower)
-        for n in range(20):
-            await js.publish("ledger.events.h1.instance.created", b"{}", headers={"Nats-Msg-Id": f"e{n}"})
+        for n in range(20):  # as every publisher does: retries with the same message id while it reconnects
+            record = {"id": f"vm-{n}", "state": "Running", "vcpus": 1}
+            await publish_event(js, make_event("instance.created", "h1", record, version=1))
         assert (await js.stream_info(STREAM)).state.messages == 20
     finally:
         await nc.close()
