@@ -6,10 +6,10 @@ from alembic import context
 from sqlalchemy import text
 
 from ledger.store.engine import make_engine
-from ledger.store.models import Base
+from ledger.store.schema import metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def run_migrations_online() -> None:

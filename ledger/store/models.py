@@ -14,7 +14,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    Column,
     DateTime,
     Dialect,
     Float,
@@ -24,15 +23,12 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
-    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-from ledger.core.usage import MEASURES
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -339,76 +335,3 @@ class ConsumerPosition(Base):
     stream_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     handled_above: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of sequences > stream_seq
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
-# ---- usage: what VMs really use, beside what they were promised -------------------------------------------
-# Lossy by design (a sampler's report that is late or impossible is dropped, see core.usage): none of these
-# rows is accounting, and none counts toward a host's totals. Core tables, since the measure columns are
-# generated from core.usage.MEASURES.
-
-
-def _host_column() -> Column[str]:
-    return Column("host_id", String(255), ForeignKey("hosts.host_id", ondelete="CASCADE"), primary_key=True)
-
-
-def _summary_columns() -> list[Column[Any]]:
-    return [Column(f"{measure}_{stat}", Float) for measure in MEASURES for stat in SUMMARY_STATS]
-
-
-SUMMARY_STATS = ("p50", "p95", "max")
-
-usage_latest = Table(
-    "usage_latest",
-    Base.metadata,
-    _host_column(),
-    Column("instance_id", String(255), primary_key=True),
-    Column("at", UTCDateTime(), nullable=False),
-    Column("unmeasured_reason", Text),  # set when the sampler could not measure it (the figures are null)
-    Column("cpu_vcpus", Float),
-    Column("cpu_seconds_total", Float),
-    Column("memory_rss_bytes", BigInteger),
-    Column("memory_pss_bytes", BigInteger),
-    Column("memory_uss_bytes", BigInteger),
-    Column("disk_read_bps", Float),
-    Column("disk_write_bps", Float),
-    Column("disk_read_bytes_total", BigInteger),
-    Column("disk_write_bytes_total", BigInteger),
-    Column("network_rx_bps", Float),
-    Column("network_tx_bps", Float),
-    Column("network_rx_bytes_total", BigInteger),
-    Column("network_tx_bytes_total", BigInteger),
-)
-"""The newest report on each instance (measured or not)."""
-
-usage_samples = Table(
-    "usage_samples",
-    Base.metadata,
-    _host_column(),
-    Column("instance_id", String(255), primary_key=True),
-    Column("at", UTCDateTime(), primary_key=True),
-    *(Column(measure, Float) for measure in MEASURES),
-)
-"""Every sample of the hours not yet rolled up for good (the current and the previous hour)."""
-
-usage_hourly = Table(
-    "usage_hourly",
-    Base.metadata,
-    _host_column(),
-    Column("instance_id", String(255), primary_key=True),
-    Column("hour", UTCDateTime(), primary_key=True),  # the hour's start
-    Column("samples", Integer, nullable=False),
-    *_summary_columns(),
-    Index(None, "hour"),
-)
-"""Per instance and hour: p50, p95 and max of each measure."""
-
-host_usage_hourly = Table(
-    "host_usage_hourly",
-    Base.metadata,
-    _host_column(),
-    Column("hour", UTCDateTime(), primary_key=True),
-    Column("samples", Integer, nullable=False),
-    *_summary_columns(),
-    Index(None, "hour"),
-)
-"""Per host and hour: p50, p95 and max of each measure summed over the host's instances at each sample."""

@@ -34,8 +34,14 @@ from ledger.core.usage import (
     summarize,
 )
 from ledger.store.database import Database
-from ledger.store.models import SUMMARY_STATS, host_usage_hourly, usage_hourly, usage_latest, usage_samples
 from ledger.store.sql import hosts, instances
+from ledger.store.usage_tables import (
+    SUMMARY_STATS,
+    host_usage_hourly,
+    usage_hourly,
+    usage_latest,
+    usage_samples,
+)
 
 HOUR = timedelta(hours=1)
 FUTURE_SLACK = timedelta(minutes=5)  # a sampler's clock a little ahead of the ledger's is fine; more is not

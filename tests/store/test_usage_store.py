@@ -14,7 +14,7 @@ from ledger.core.records import InstanceRecord
 from ledger.core.resources import ResourceType
 from ledger.core.usage import InstanceUsage, Unmeasured, UsageReport
 from ledger.store.ledger import Ledger
-from ledger.store.models import usage_samples
+from ledger.store.usage_tables import usage_samples
 from tests.conftest import capacities
 
 GIB = 2**30
