@@ -168,6 +168,7 @@ def serve_env(
         LEDGER_DATA_DIR=str(data_dir),
         LEDGER_HOST_ID=HOST,
         LEDGER_RESERVATION_TTL="3600",
+        LEDGER_METRICS_ADDR="127.0.0.1:0",  # any free port: never fight another serve over the default
         CPU_LIMIT=HUGE,
         MEMORY_LIMIT=HUGE,
         NETWORK_LIMIT=HUGE,

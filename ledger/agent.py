@@ -13,6 +13,9 @@ NATS. The agent connects without nats-py's own reconnect loop (it would log ever
 exponential backoff, 0.5 s doubling to 30 s, logging one line when NATS goes down and one when it is back.
 A snapshot that could not be published waits, with its event id and version, and goes out once NATS is
 back (unless a newer one replaced it). SIGTERM or SIGINT lets a publish in flight finish, then exits 0.
+
+Metrics and health (docs/metrics.md) on LEDGER_METRICS_ADDR: publishes, discoveries, NATS connected, a
+snapshot waiting; /readyz is ready while the agent is connected to NATS with JetStream.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ from ledger.core.errors import ConfigError, LedgerError, Unavailable
 from ledger.core.resources import ResourceType
 from ledger.discovery import discover
 from ledger.events import make_event
+from ledger.observe.agent import AgentMetrics
+from ledger.observe.health import Readiness
+from ledger.observe.observer import Observer
+from ledger.observe.registry import new_registry
 from ledger.serve import running_nats_url
 
 log = logging.getLogger("ledger.agent")
@@ -72,6 +79,7 @@ FIXED_ON_RELOAD = (
     "nats_tls_cert",
     "nats_tls_key",
     "log_format",
+    "metrics_addr",
 )
 
 Loader = Callable[[], Settings]
@@ -169,7 +177,14 @@ def _read_last(path: Path) -> int:
 class Agent:
     """Discovery → `host.capacity` on NATS, for as long as it runs (see the module docstring)."""
 
-    def __init__(self, settings: Settings, load: Loader, root: Path, versions: Versions) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        load: Loader,
+        root: Path,
+        versions: Versions,
+        observer: Observer | None = None,
+    ) -> None:
         self.settings = settings
         self.url = nats_url_for(settings)
         self._load = load
@@ -187,6 +202,14 @@ class Agent:
         self._wake = asyncio.Event()
         self._stopping = False
         self._reloading = False
+        observer = observer or Observer(new_registry(), Readiness(), None)
+        self._metrics = AgentMetrics(
+            observer.registry,
+            connected=lambda: self._js is not None,
+            waiting=lambda: self._pending is not None,
+        )
+        observer.readiness.add("nats", self._nats_health)
+        observer.readiness.add("agent", lambda: "stopping" if self._stopping else None)
 
     # ---- running ------------------------------------------------------------------------------------
 
@@ -225,6 +248,11 @@ class Agent:
         log.info("stopped", extra={"host": self.settings.host_id})
         return 0
 
+    def _nats_health(self) -> str | None:
+        if self._js is not None:
+            return None
+        return f"not connected to {mask_url(self.url)} (retrying with backoff)"
+
     def _stop(self) -> None:
         self._stopping = True
         self._wake.set()
@@ -249,7 +277,9 @@ class Agent:
             record = await asyncio.to_thread(capacity_record, self.settings, self._root)
         except OSError as exc:  # readers tolerate bad files; this is e.g. a root that went away
             log.warning("discovery failed, nothing published: %s", exc)
+            self._metrics.discovered(ok=False)
             return
+        self._metrics.discovered(ok=True)
         if always or record != self._latest:
             self._queue(record, reason)
 
@@ -329,6 +359,7 @@ class Agent:
         try:
             await publish_event(js, envelope, retries=PUBLISH_RETRIES, timeout=PUBLISH_TIMEOUT_S)
         except Unavailable as exc:
+            self._metrics.published(ok=False)
             if self._nc is None or self._nc.is_closed:
                 await self._went_down(exc.message)
                 return
@@ -338,6 +369,7 @@ class Agent:
                 log.warning("%s; %s", exc.message, _RETRYING)
             self._back_off()
             return
+        self._metrics.published(ok=True)
         if self._publish_failing:
             log.info("publishing works again after %d failed attempts", self._attempts)
             self._publish_failing, self._attempts = False, 0
@@ -367,8 +399,15 @@ class Agent:
 
 
 async def run_agent(settings: Settings, load: Loader, root: Path) -> int:
-    """`ledger agent`: run until SIGTERM or SIGINT."""
-    return await Agent(settings, load, root, Versions.open(settings.data_dir)).run()
+    """`ledger agent`: run until SIGTERM or SIGINT, serving metrics and health on LEDGER_METRICS_ADDR (a
+    ConfigError naming it when it cannot be bound)."""
+    versions = Versions.open(settings.data_dir)
+    nats_url_for(settings)  # no NATS to publish to is the first thing to say, before any port is bound
+    observer = Observer.start(settings.metrics_addr)
+    try:
+        return await Agent(settings, load, root, versions, observer).run()
+    finally:
+        await asyncio.to_thread(observer.stop)
 
 
 async def publish_once(settings: Settings, root: Path) -> int:

@@ -15,10 +15,15 @@ from pathlib import Path
 from ledger.bus.connect import connect
 from ledger.bus.consumer import EventConsumer
 from ledger.bus.embedded import EmbeddedNats
+from ledger.bus.protocol import ENDPOINTS
 from ledger.bus.service import LedgerService
 from ledger.config import EMBEDDED_BUSY_POLL_US, Settings, mask_url
 from ledger.core.errors import Unavailable
 from ledger.local import open_ledger, refresh_host
+from ledger.observe.events import EventMetrics
+from ledger.observe.observer import Observer
+from ledger.observe.requests import RequestMetrics
+from ledger.observe.serving import ServeObservation
 from ledger.pruning import prune_until
 from ledger.store.ledger import Ledger
 
@@ -31,11 +36,14 @@ def runtime_path(settings: Settings) -> Path:
     return settings.data_dir / RUNTIME_FILE
 
 
-def write_runtime_file(settings: Settings, url: str) -> None:
+def write_runtime_file(settings: Settings, url: str, metrics_url: str | None = None) -> None:
     """serve.json: readable by its owner only, and with any password in the URL masked (a reader that needs
-    credentials has them in its own configuration)."""
+    credentials has them in its own configuration). `metrics_url` is where /metrics is really served
+    (LEDGER_METRICS_ADDR may ask for any free port), or null when metrics are off."""
     path = runtime_path(settings)
-    text = json.dumps({"pid": os.getpid(), "nats_url": mask_url(url), "host": settings.host_id})
+    text = json.dumps(
+        {"pid": os.getpid(), "nats_url": mask_url(url), "host": settings.host_id, "metrics_url": metrics_url}
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
         os.fchmod(fd, 0o600)  # an older file keeps its mode through O_TRUNC
@@ -78,20 +86,28 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
         embedded = EmbeddedNats(settings.data_dir / "nats", port=settings.nats_port or -1)
         url = await asyncio.to_thread(embedded.start)
     ledger = None
+    observer = None
     try:
+        # Bound once the embedded server holds the data dir: a second serve on the same dir is told that one
+        # runs already, not that the metrics port is taken. Until the service is up, /readyz says starting.
+        observer = Observer.start(settings.metrics_addr)
         ledger = await asyncio.to_thread(open_ledger, settings)
         await asyncio.to_thread(refresh_host, ledger, settings, root)
-        return await _serve_ledger(ledger, settings, url, embedded=embedded is not None)
+        return await _serve_ledger(ledger, settings, url, observer, embedded=embedded is not None)
     finally:
         with contextlib.suppress(OSError):
             runtime_path(settings).unlink()
+        if observer is not None:
+            await asyncio.to_thread(observer.stop)
         if ledger is not None:
             ledger.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
 
 
-async def _serve_ledger(ledger: Ledger, settings: Settings, url: str, *, embedded: bool) -> int:
+async def _serve_ledger(
+    ledger: Ledger, settings: Settings, url: str, observer: Observer, *, embedded: bool
+) -> int:
     stopping = Stopping()
     nc = await connect(
         url,
@@ -99,7 +115,8 @@ async def _serve_ledger(ledger: Ledger, settings: Settings, url: str, *, embedde
         name=f"ledger-serve-{settings.host_id}",
         on_closed=lambda: stopping.fail(f"the connection to NATS at {mask_url(url)} closed for good"),
     )
-    consumer = EventConsumer(nc, ledger)
+    events = EventMetrics(observer.registry)
+    consumer = EventConsumer(nc, ledger, metrics=events)
     busy_poll_us = settings.busy_poll_us
     if busy_poll_us is None:
         busy_poll_us = EMBEDDED_BUSY_POLL_US if embedded else 0
@@ -112,12 +129,20 @@ async def _serve_ledger(ledger: Ledger, settings: Settings, url: str, *, embedde
         disk_io_burst_multiplier=settings.disk_io_burst_multiplier,
         busy_poll_s=busy_poll_us / 1e6,
         background_idle=lambda: not consumer.applying,
+        metrics=RequestMetrics(observer.registry, ENDPOINTS),
     )
     await service.start()
+    observation = ServeObservation(observer, settings.database_url, events)
+    observation.watch(
+        consumer,
+        nats_connected=lambda: nc.is_connected,
+        nats_url=mask_url(url),
+        stopping=stopping.event.is_set,
+    )
     # Start-up objects (SQLAlchemy metadata, compiled statements, modules) live as long as the process:
     # keep them out of the cyclic collector's full passes, which otherwise stall the loop for ms.
     gc.freeze()
-    write_runtime_file(settings, url)
+    write_runtime_file(settings, url, observer.metrics_url)
     log.info(
         "serving host %s",
         settings.host_id,
@@ -127,6 +152,7 @@ async def _serve_ledger(ledger: Ledger, settings: Settings, url: str, *, embedde
             "nats": mask_url(url),
             "nats_embedded": embedded,
             "busy_poll_us": busy_poll_us,
+            "metrics": observer.metrics_url,
             "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         },
     )
@@ -135,11 +161,14 @@ async def _serve_ledger(ledger: Ledger, settings: Settings, url: str, *, embedde
         loop.add_signal_handler(sig, stopping.request)
     consuming = asyncio.create_task(consumer.run(stopping.event))
     pruning = asyncio.create_task(prune_until(stopping.event, ledger, settings, consumer.durable))
+    refreshing = asyncio.create_task(observation.refresh_until(stopping.event, consumer.lag))
     await stopping.event.wait()
     log.info("stopping: answering in-flight requests and finishing the current event batch")
     await service.stop()
     await consuming
     await pruning
+    await refreshing
+    observation.close()
     await consumer.close()
     try:
         await nc.drain()

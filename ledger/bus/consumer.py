@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +25,15 @@ from ledger.core.errors import LedgerError, Unavailable
 from ledger.core.results import ApplyResult
 from ledger.events.apply import apply_event, apply_events
 from ledger.events.contract import Event, InvalidEvent, parse_event
+from ledger.observe.events import EventMetrics
 from ledger.store.ledger import Ledger
 
 log = logging.getLogger("ledger.events")
 
 APPLIED_SUBJECT = "ledger.applied"  # outcomes are announced here (core NATS) for `ledger events tail`
 DEAD_LETTERED = "dead_letter"
+RETRY = "retry"
+LAG_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +42,7 @@ class Outcome:
 
     stream_seq: int
     subject: str
-    outcome: str  # applied | stale | duplicate | dead_letter
+    outcome: str  # applied | stale | duplicate | dead_letter | retry
     event_id: str | None = None
     event_type: str | None = None
     host: str | None = None
@@ -88,6 +92,7 @@ class EventConsumer:
         nak_delay: float = 1.0,
         announce: bool = True,
         on_outcome: Callable[[Outcome], None] | None = None,
+        metrics: EventMetrics | None = None,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -99,9 +104,12 @@ class EventConsumer:
         self.nak_delay = nak_delay
         self.announce = announce
         self.on_outcome = on_outcome
+        self.metrics = metrics
         self._sub: JetStreamContext.PullSubscription | None = None
         self.handled = 0
         self.applying = False  # a batch is being applied on a thread
+        self.running = False  # the fetch loop is running
+        self.fetch_error: str | None = None  # why the last fetch failed (None: it worked, or found nothing)
 
     async def start(self) -> None:
         """Ensure the stream and the consumer (rewound to the database's position if it is behind)."""
@@ -125,24 +133,50 @@ class EventConsumer:
         if self._sub is None:
             await self.start()
         assert self._sub is not None
-        while not stop.is_set():
-            try:
-                msgs = await self._sub.fetch(self.batch_size, timeout=self.fetch_timeout)
-            except TimeoutError:  # nothing to fetch: nats-py's own, or asyncio's when its deadline races
-                continue
-            except Exception as exc:  # disconnected, server restarting: nats-py reconnects by itself
-                log.warning("fetch failed (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(0.5)
-                continue
-            if msgs:
-                await self.process(msgs)
+        self.running = True
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await self._sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+                except TimeoutError:  # nothing to fetch: nats-py's own, or asyncio's when its deadline races
+                    self.fetch_error = None
+                    continue
+                except Exception as exc:  # disconnected, server restarting: nats-py reconnects by itself
+                    self.fetch_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    log.warning("fetch failed (%s); retrying", self.fetch_error)
+                    await asyncio.sleep(0.5)
+                    continue
+                self.fetch_error = None
+                if msgs:
+                    await self.process(msgs)
+        finally:
+            self.running = False
+
+    def health(self) -> str | None:
+        """None while the fetch loop runs and its last fetch worked; otherwise why not (for /readyz)."""
+        if not self.running:
+            return "not running"
+        if self.fetch_error is not None:
+            return f"cannot fetch events ({self.fetch_error})"
+        return None
+
+    async def lag(self) -> tuple[int, int]:
+        """What the durable consumer has not delivered yet, and what it delivered and awaits acks for."""
+        info = await self.js.consumer_info(self.stream, self.durable, timeout=LAG_TIMEOUT_S)
+        return info.num_pending or 0, info.num_ack_pending or 0
 
     async def process(self, msgs: list[Msg]) -> list[Outcome]:
         self.applying = True
+        started = time.perf_counter()
         try:
-            return await self._process(msgs)
+            outcomes = await self._process(msgs)
         finally:
             self.applying = False
+        if self.metrics is not None:
+            # no outcomes: the database was unavailable and the whole batch went back for redelivery
+            handled = [o.outcome for o in outcomes] if outcomes else [RETRY] * len(msgs)
+            self.metrics.batch(time.perf_counter() - started, handled)
+        return outcomes
 
     async def _process(self, msgs: list[Msg]) -> list[Outcome]:
         deliveries = [self._parse(msg) for msg in msgs]
@@ -163,9 +197,9 @@ class EventConsumer:
                         "database unavailable (%s): event %d will be redelivered", exc2.message, delivery.seq
                     )
                     await self._settle(delivery.msg.nak, delay=self.nak_delay)
-                    outcomes.append(Outcome(delivery.seq, delivery.msg.subject, "retry"))
+                    outcomes.append(Outcome(delivery.seq, delivery.msg.subject, RETRY))
         for delivery, outcome in zip(deliveries, outcomes, strict=True):
-            if outcome.outcome == "retry":
+            if outcome.outcome == RETRY:
                 continue
             if outcome.outcome == DEAD_LETTERED:
                 await self._settle(delivery.msg.term)

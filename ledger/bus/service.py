@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,6 +43,8 @@ from ledger.core.charges import Ask
 from ledger.core.errors import InvalidRequest, LedgerError
 from ledger.core.placement import DEFAULT_ATTEMPTS, DEFAULT_LIMIT, MAX_ATTEMPTS, MAX_LIMIT
 from ledger.core.results import MAX_PAGE, Grant
+from ledger.observe.registry import new_registry
+from ledger.observe.requests import RequestMetrics
 from ledger.store.ledger import HostAsk, Ledger
 
 log = logging.getLogger("ledger.service")
@@ -71,6 +74,7 @@ class LedgerService:
         max_group: int = 64,
         busy_poll_s: float = 0.0,
         background_idle: Callable[[], bool] = lambda: True,
+        metrics: RequestMetrics | None = None,
     ) -> None:
         self.nc = nc
         self.ledger = ledger
@@ -85,7 +89,8 @@ class LedgerService:
         self._service: Service | None = None
         self.max_inflight = max_inflight
         self.max_group = max_group
-        self._backlog: list[tuple[Request, HostAsk]] = []  # parsed validates waiting for the next group
+        # parsed validates waiting for the next group, with when each arrived
+        self._backlog: list[tuple[Request, HostAsk, float]] = []
         self._queued = asyncio.Event()  # the backlog is not empty
         self._room = asyncio.Event()  # the backlog is below max_inflight
         self._room.set()
@@ -94,6 +99,7 @@ class LedgerService:
         self._admitter: asyncio.Task[None] | None = None
         self._background_idle = background_idle  # e.g. no event batch on a thread
         self._busy_poll = BusyPoll(busy_poll_s, self._nothing_in_flight)
+        self.metrics = metrics or RequestMetrics(new_registry(), ENDPOINTS)
         # validate is queued for group admission instead (see _accept_validate and _admit_groups)
         self._handlers: dict[str, Handler] = {
             "release": self._release,
@@ -164,15 +170,16 @@ class LedgerService:
         Returns at once unless `max_inflight` validates are already waiting: then the endpoint stops taking
         messages until there is room, and NATS buffers them.
         """
+        started = time.perf_counter()
         try:
             hold = self._validate_args(parse_request("validate", request.data))
         except LedgerError as exc:
-            await self._reply(request, error=exc)
+            await self._reply(request, "validate", started, error=exc)
             return
         while len(self._backlog) >= self.max_inflight:
             self._room.clear()
             await self._room.wait()
-        self._backlog.append((request, hold))
+        self._backlog.append((request, hold, started))
         self._idle.clear()
         self._queued.set()
 
@@ -191,17 +198,17 @@ class LedgerService:
             if not self._backlog:
                 self._queued.clear()
             self._room.set()
-            asks = [ask for _, ask in group]
+            asks = [ask for _, ask, _ in group]
             try:
                 outcomes = await self._admit(asks)
             except Exception:  # one bad ask must not decide its neighbours' answers: each alone
                 log.exception("a group of %d validates failed; admitting each on its own", len(asks))
                 outcomes = [await self._admit_alone(ask) for ask in asks]
-            for (request, _), outcome in zip(group, outcomes, strict=True):
+            for (request, _, started), outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, LedgerError):
-                    await self._reply(request, error=outcome)
+                    await self._reply(request, "validate", started, error=outcome)
                 else:
-                    await self._reply(request, grant_reply(outcome))
+                    await self._reply(request, "validate", started, grant_reply(outcome))
             if not self._backlog:
                 self._idle.set()
                 if len(group) == 1:  # a lone caller is likely waiting to send its next request; with several
@@ -245,6 +252,7 @@ class LedgerService:
         self._busy_poll.after_reply()
 
     async def _answer(self, endpoint: str, request: Request) -> None:
+        started = time.perf_counter()
         await self._slots.acquire()  # at most max_inflight in the database path; the rest wait here
         try:
             try:
@@ -253,21 +261,29 @@ class LedgerService:
                 result = await loop.run_in_executor(self._pool, self._handlers[endpoint], body)
                 reply = ok(result)
             except LedgerError as exc:
-                await self._reply(request, error=exc)
+                await self._reply(request, endpoint, started, error=exc)
                 return
             except Exception:
                 log.exception("%s failed", endpoint)
-                await self._reply(request, error=LedgerError("internal error; see the ledger service's log"))
+                internal = LedgerError("internal error; see the ledger service's log")
+                await self._reply(request, endpoint, started, error=internal)
                 return
-            await self._reply(request, reply, endpoint=endpoint)
+            await self._reply(request, endpoint, started, reply)
         finally:
             self._slots.release()
 
     async def _reply(
-        self, request: Request, body: bytes = b"", *, error: LedgerError | None = None, endpoint: str = ""
+        self,
+        request: Request,
+        endpoint: str,
+        started: float,
+        body: bytes = b"",
+        *,
+        error: LedgerError | None = None,
     ) -> None:
         """Send the one reply `request` gets: `body`, or `error` as an error reply. A body the connection
-        cannot carry (over the server's max_payload) becomes an error reply saying how to ask for less."""
+        cannot carry (over the server's max_payload) becomes an error reply saying how to ask for less.
+        Every reply passes here, so this is where requests are counted and timed (from `started`)."""
         limit = self.nc.max_payload - REPLY_HEADROOM
         if error is None and len(body) > limit:
             hint = (
@@ -288,6 +304,7 @@ class LedgerService:
                 await request.respond_error(code, description, data=data)
         except Exception as exc:  # the requester may have gone, or NATS with it: nothing to undo
             log.warning("could not send a reply (%s: %s)", type(exc).__name__, exc)
+        self.metrics.observe(endpoint, time.perf_counter() - started, error)
 
     def _host(self, body: dict[str, Any]) -> str:
         host = body.get("host") or self.default_host

@@ -1,1 +1,2 @@
-"""Watching a running ledger: Prometheus metrics, liveness and readiness over HTTP."""
+"""Operating the ledger: Prometheus metrics and the health endpoints of `ledger serve` and `ledger agent`
+(docs/metrics.md). Nothing here decides anything: it reads what the ledger keeps and counts what it does."""

@@ -244,8 +244,15 @@ def unique(prefix: str) -> str:
 
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment for `ledger` child processes; a `ledger serve` among them serves its metrics on
+    any free port, so tests running side by side never fight over the default one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "OVERSUB_"))}
-    env.update(LEDGER_DATA_DIR=str(tmp_path), LEDGER_HOST_ID="bus-test-host", PYTHONUNBUFFERED="1")
+    env.update(
+        LEDGER_DATA_DIR=str(tmp_path),
+        LEDGER_HOST_ID="bus-test-host",
+        LEDGER_METRICS_ADDR="127.0.0.1:0",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 

@@ -7,10 +7,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
 GIB, GB = 2**30, 10**9
@@ -38,9 +42,17 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+# Any free port for /metrics and the health endpoints: processes running side by side (pytest -n, a
+# developer's own `ledger serve`) never fight over the default 9464. serve.json says which port it got.
+ANY_METRICS_PORT = "127.0.0.1:0"
+
+
 def base_env() -> dict[str, str]:
-    """This environment without any ledger settings (so the developer's own cannot leak into a test)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "OVERSUB_"))}
+    """This environment without any ledger settings (so the developer's own cannot leak into a test), and
+    metrics on any free port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "OVERSUB_"))}
+    env["LEDGER_METRICS_ADDR"] = ANY_METRICS_PORT
+    return env
 
 
 def serve_env(data_dir: Path, host: str, **extra: str) -> dict[str, str]:
@@ -72,6 +84,26 @@ class ServeProcess:
     @property
     def nats_url(self) -> str:
         return str(self.info["nats_url"])
+
+    @property
+    def metrics_url(self) -> str:
+        url = self.info.get("metrics_url")
+        assert url, f"metrics are off: {self.info}"
+        return str(url)
+
+    @property
+    def base_url(self) -> str:
+        """Where /metrics, /livez, /healthz and /readyz are served."""
+        return self.metrics_url.removesuffix("/metrics")
+
+    def get(self, path: str) -> tuple[int, str]:
+        """GET one of its HTTP endpoints: the status code and the body."""
+        return http_get(self.base_url + path)
+
+    def scrape(self) -> str:
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        return body
 
     @property
     def pid(self) -> int:
@@ -136,6 +168,110 @@ class ServeProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.wait()
+
+
+def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    """The status code and body of a GET, whatever the status."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode()
+
+
+# ---- `ledger agent` and its metrics address ------------------------------------------------------------
+
+METRICS_LINE = re.compile(r"metrics on (http://\S+)/metrics")
+
+
+def start_agent(data_dir: Path, env: Mapping[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """`python -m ledger agent` with its log (stderr) in `<data_dir>/agent.err`."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "agent.err", "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ledger", "agent", *args],
+            cwd=REPO,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+
+
+def logged_base_url(log_path: Path, process: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
+    """Where a process that logs `metrics on URL/metrics` at start (an agent: it has no serve.json) serves
+    its HTTP endpoints."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = log_path.read_text(errors="replace") if log_path.exists() else ""
+        found = METRICS_LINE.search(log)
+        if found:
+            return found.group(1)
+        assert process.poll() is None, f"exited with {process.returncode}:\n{log}"
+        time.sleep(0.05)
+    raise AssertionError(f"no metrics address logged within {timeout:.0f} s")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL if it does not exit in time; returns the exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
+# ---- Prometheus text and PromQL ------------------------------------------------------------------------
+
+PROMQL_WORDS = frozenset(
+    {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
+)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A scrape's samples: (name, labels) → value."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    """One sample of a scrape (None when there is none with exactly these labels)."""
+    return samples(text).get((name, frozenset(labels.items())))
+
+
+def exported_names(text: str) -> set[str]:
+    """Every sample name the scrape's families may carry, samples or not yet (a labelled counter with no
+    label values so far still has its HELP and TYPE)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "info": ("_info",)}
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: every identifier that is not a function, an aggregation,
+    a keyword, a label name (matchers and grouping lists are removed first) or a $variable."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\$\w+", "", text)
+    text = re.sub(r"(?<![\w:])\d[\w.+-]*", " ", text)  # numbers and durations (0.99, 1e3, 5m)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        word = match.group(0)
+        if text[match.end() :].lstrip().startswith("(") or word.lower() in PROMQL_WORDS:
+            continue
+        names.add(word)
+    return names
 
 
 def run_cli(*args: str, env: Mapping[str, str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
