@@ -3,14 +3,17 @@
 The search (store/fleet) reads without locking, so by the time a hold is tried on the best candidate a
 concurrent caller may have taken the room: that host's admission then refuses, and the next candidate is
 tried, up to `attempts`. A key is recorded in `placements` in the hold's own transaction; a retry (on any
-replica) finds it there and is answered by that host's admission, which replays the reservation.
+replica) finds it there and is answered by that host's admission, which replays the reservation. Calls
+with the same key run one at a time (`_only_call_with`), so two sent at once get the same answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from ledger.core.charges import Ask
@@ -19,6 +22,8 @@ from ledger.store.admission import Admission, Answer
 from ledger.store.database import Database
 from ledger.store.fleet import Fleet, Search
 from ledger.store.sql import placements as placements_table
+
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
 class Placer:
@@ -29,6 +34,7 @@ class Placer:
         self.fleet = fleet
         self.admission = admission
         self._duplicates = (IntegrityError, db.engine.dialect.loaded_dbapi.IntegrityError)
+        self._stripes = [threading.Lock() for _ in range(64)]
 
     def place(
         self,
@@ -40,10 +46,17 @@ class Placer:
         attempts: int,
     ) -> Answer:
         """The grant (its host named in it), or why not: the search's summary when no host fits."""
-        if ask.key is not None:
+        if ask.key is None:
+            return self._place(ask, labels, exclude, policy, attempts)
+        with self._only_call_with(ask.key):
             host = self.placed(ask.key)
             if host is not None:
                 return self._on(host, ask)
+            return self._place(ask, labels, exclude, policy, attempts)
+
+    def _place(
+        self, ask: Ask, labels: Mapping[str, str], exclude: Sequence[str], policy: str, attempts: int
+    ) -> Answer:
         search = self.fleet.search(ask.request, labels=labels, exclude=exclude, policy=policy, limit=attempts)
         for candidate in search.candidates:
             try:
@@ -57,6 +70,21 @@ class Placer:
             if not isinstance(answer, InsufficientResources):  # a grant, or a refusal no host would change
                 return answer
         return _refusal(search)
+
+    @contextmanager
+    def _only_call_with(self, key: str) -> Iterator[None]:
+        """Calls with the same key, one at a time across every replica: a twin sent at the same moment
+        waits, then finds the first one's grant (or is refused as it was), instead of searching alongside
+        it and being refused for the room the first one took. PostgreSQL: a transaction-scoped advisory
+        lock on the key's hash (a collision only makes two keys wait for each other); SQLite, whose one
+        writer is this process: a lock per stripe of keys."""
+        if self.db.sqlite:
+            with self._stripes[hash(key) % len(self._stripes)]:
+                yield
+            return
+        with self.db.engine.connect() as conn, conn.begin():
+            conn.execute(_ADVISORY_LOCK, {"key": key})
+            yield
 
     def placed(self, key: str) -> str | None:
         """The host a `place` with this key reserved on, if one did."""
