@@ -57,8 +57,9 @@ class Placer:
     def _place(
         self, ask: Ask, labels: Mapping[str, str], exclude: Sequence[str], policy: str, attempts: int
     ) -> Answer:
-        search = self.fleet.search(ask.request, labels=labels, exclude=exclude, policy=policy, limit=attempts)
-        for candidate in search.candidates:
+        request = ask.request
+        candidates = self.fleet.best(request, labels=labels, exclude=exclude, policy=policy, limit=attempts)
+        for candidate in candidates:
             try:
                 answer = self._on(candidate.host_id, ask)
             except self._duplicates:  # another caller placed the same key meanwhile: answer as it did
@@ -69,7 +70,9 @@ class Placer:
                 return self._on(host, ask)
             if not isinstance(answer, InsufficientResources):  # a grant, or a refusal no host would change
                 return answer
-        return _refusal(search)
+        # refused: the full search says how the fleet falls short (and whether others took the room)
+        search = self.fleet.search(ask.request, labels=labels, exclude=exclude, policy=policy, limit=attempts)
+        return _refusal(search, taken=len(candidates))
 
     @contextmanager
     def _only_call_with(self, key: str) -> Iterator[None]:
@@ -99,12 +102,12 @@ class Placer:
             return self.admission.admit(tx, [(host, ask)], fleet_keys=True)[0]
 
 
-def _refusal(search: Search) -> LedgerError:
+def _refusal(search: Search, taken: int) -> LedgerError:
     shortfalls = search.shortfalls
     message = shortfalls.summary()
-    if search.candidates:  # every host that fitted was filled by concurrent requests first
+    if taken:  # every host that fitted was filled by concurrent requests first
         message = (
-            f"no host fits: the {len(search.candidates)} that did were taken by concurrent requests "
+            f"no host fits: the {taken} that did were taken by concurrent requests "
             f"({shortfalls.considered} considered); retry"
         )
     return InsufficientResources(

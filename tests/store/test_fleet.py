@@ -152,6 +152,9 @@ def _check(
     short = Counter(v for v in verdicts.values() if isinstance(v, str) and v != "labels")
     assert {k: n for k, n in found.shortfalls.by_resource.items() if n} == dict(short)
     assert sum(found.shortfalls.by_label.values()) == sum(1 for v in verdicts.values() if v == "labels")
+    # place's search (no counts) finds the same hosts in the same order
+    best = ledger.fleet.best(request, labels=labels, exclude=others, policy=policy, limit=1000)
+    assert best == found.candidates
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
