@@ -526,15 +526,25 @@ SETTINGS: tuple[Setting, ...] = (
         ("LEDGER_USAGE_INTERVAL",),
         _seconds,
         "a number of seconds greater than 0",
-        "how often `ledger agent` samples what each running VM really uses (CPU, memory, disk and network)",
+        "how often `ledger agent` (and `ledger serve`, see `serve_samples_usage`) samples what each Running "
+        "VM really uses: CPU, memory, disk and network",
         10.0,
+    ),
+    Setting(
+        "serve_samples_usage",
+        ("LEDGER_SERVE_SAMPLES_USAGE",),
+        _bool,
+        "true or false",
+        "`ledger serve` samples its own host's VMs (the single-host default); set false where a `ledger "
+        "agent` runs on that host, or where serve runs away from the VMs",
+        True,
     ),
     Setting(
         "retention_usage_days",
         ("LEDGER_RETENTION_USAGE_DAYS",),
         _days,
         "a number of days (0 keeps them forever)",
-        "how long hourly usage rollups are kept (the latest sample of each instance is always kept)",
+        "how long hourly usage summaries, and each instance's newest report, are kept",
         14.0,
     ),
     Setting("log_format", ("LEDGER_LOG_FORMAT",), _log_format, "text or json", "log line format", "text"),
@@ -590,6 +600,7 @@ class Settings:
     metrics_addr: str | None
     stream_replicas: int
     usage_interval: float
+    serve_samples_usage: bool
     retention_usage_days: float
     log_format: str
     nats_user: str | None

@@ -12,11 +12,14 @@ import os
 import signal
 from pathlib import Path
 
+from nats.aio.client import Client
+
 from ledger.bus.connect import connect
 from ledger.bus.consumer import EventConsumer
 from ledger.bus.embedded import EmbeddedNats
 from ledger.bus.protocol import ENDPOINTS
 from ledger.bus.service import LedgerService
+from ledger.bus.usage import UsageIngest
 from ledger.config import EMBEDDED_BUSY_POLL_US, Settings, mask_url
 from ledger.core.errors import Unavailable
 from ledger.local import open_ledger, refresh_host
@@ -26,6 +29,8 @@ from ledger.observe.requests import RequestMetrics
 from ledger.observe.serving import ServeObservation
 from ledger.pruning import prune_until
 from ledger.store.ledger import Ledger
+from ledger.usage.reporting import SamplingLoop
+from ledger.usage.sampler import Sampler
 
 log = logging.getLogger("ledger.serve")
 
@@ -105,6 +110,24 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
             await asyncio.to_thread(embedded.stop)
 
 
+async def _usage_jobs(nc: Client, ledger: Ledger, settings: Settings) -> list[UsageIngest | SamplingLoop]:
+    """Storing the usage samplers report, and (unless turned off) sampling this host's own VMs."""
+    ingest = UsageIngest(
+        nc, ledger, retention_days=settings.retention_usage_days, replicas=settings.stream_replicas
+    )
+    await ingest.start()
+    if not settings.serve_samples_usage:
+        return [ingest]
+    host = settings.host_id
+    sampling = SamplingLoop(
+        nc.jetstream(),
+        Sampler(host),
+        lambda: asyncio.to_thread(ledger.running_instances, host),
+        settings.usage_interval,
+    )
+    return [ingest, sampling]
+
+
 async def _serve_ledger(
     ledger: Ledger, settings: Settings, url: str, observer: Observer, *, embedded: bool
 ) -> int:
@@ -116,7 +139,7 @@ async def _serve_ledger(
         on_closed=lambda: stopping.fail(f"the connection to NATS at {mask_url(url)} closed for good"),
     )
     events = EventMetrics(observer.registry)
-    consumer = EventConsumer(nc, ledger, metrics=events)
+    consumer = EventConsumer(nc, ledger, metrics=events, replicas=settings.stream_replicas)
     busy_poll_us = settings.busy_poll_us
     if busy_poll_us is None:
         busy_poll_us = EMBEDDED_BUSY_POLL_US if embedded else 0
@@ -160,14 +183,16 @@ async def _serve_ledger(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.request)
     consuming = asyncio.create_task(consumer.run(stopping.event))
-    pruning = asyncio.create_task(prune_until(stopping.event, ledger, settings, consumer.durable))
-    refreshing = asyncio.create_task(observation.refresh_until(stopping.event, consumer.lag))
+    background = [
+        asyncio.create_task(prune_until(stopping.event, ledger, settings, consumer.durable)),
+        asyncio.create_task(observation.refresh_until(stopping.event, consumer.lag)),
+        *(asyncio.create_task(job.run(stopping.event)) for job in await _usage_jobs(nc, ledger, settings)),
+    ]
     await stopping.event.wait()
     log.info("stopping: answering in-flight requests and finishing the current event batch")
     await service.stop()
     await consuming
-    await pruning
-    await refreshing
+    await asyncio.gather(*background)
     observation.close()
     await consumer.close()
     try:

@@ -93,6 +93,7 @@ class EventConsumer:
         announce: bool = True,
         on_outcome: Callable[[Outcome], None] | None = None,
         metrics: EventMetrics | None = None,
+        replicas: int = 1,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -105,6 +106,7 @@ class EventConsumer:
         self.announce = announce
         self.on_outcome = on_outcome
         self.metrics = metrics
+        self.replicas = replicas  # of the stream, which this consumer's service owns (ensure_stream)
         self._sub: JetStreamContext.PullSubscription | None = None
         self.handled = 0
         self.applying = False  # a batch is being applied on a thread
@@ -113,7 +115,7 @@ class EventConsumer:
 
     async def start(self) -> None:
         """Ensure the stream and the consumer (rewound to the database's position if it is behind)."""
-        await ensure_stream(self.js, stream_config(self.stream))
+        await ensure_stream(self.js, stream_config(self.stream, replicas=self.replicas))
         # Events the stream no longer holds (limits, purges) can never arrive: start the mark above them.
         info = await self.js.stream_info(self.stream)
         gone = max(0, (info.state.first_seq or 1) - 1)

@@ -100,9 +100,16 @@ class UsageIngest:
                 await sub.unsubscribe()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until `stop`: store what arrives; every ROLLUP_INTERVAL_S bring the summaries up to date."""
+        """Until `stop`: store what arrives; every ROLLUP_INTERVAL_S bring the summaries up to date. Then
+        unsubscribe (a pull subscription left open makes the connection's drain wait out its timeout)."""
         if self._sub is None:
             await self.start()
+        try:
+            await self._loop(stop)
+        finally:
+            await self.close()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         next_rollup = time.monotonic() + ROLLUP_INTERVAL_S
         next_prune = time.monotonic()
         while not stop.is_set():
