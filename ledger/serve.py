@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 from nats.aio.client import Client
+from prometheus_client import CollectorRegistry
 
 from ledger.bus.connect import connect
 from ledger.bus.consumer import EventConsumer
@@ -27,6 +28,7 @@ from ledger.observe.events import EventMetrics
 from ledger.observe.observer import Observer
 from ledger.observe.requests import RequestMetrics
 from ledger.observe.serving import ServeObservation
+from ledger.observe.usage import HourlyUsed, IngestedUsage, SampledUsage
 from ledger.pruning import prune_until
 from ledger.store.ledger import Ledger
 from ledger.usage.reporting import SamplingLoop
@@ -110,12 +112,16 @@ async def serve(settings: Settings, *, root: Path = Path("/")) -> int:
             await asyncio.to_thread(embedded.stop)
 
 
-async def _usage_jobs(nc: Client, ledger: Ledger, settings: Settings) -> list[UsageIngest | SamplingLoop]:
-    """Storing the usage samplers report, and (unless turned off) sampling this host's own VMs."""
+async def _usage_jobs(
+    nc: Client, ledger: Ledger, settings: Settings, registry: CollectorRegistry
+) -> list[UsageIngest | SamplingLoop]:
+    """Storing the usage samplers report, and (unless turned off) sampling this host's own VMs; with
+    their metrics."""
     ingest = UsageIngest(
         nc, ledger, retention_days=settings.retention_usage_days, replicas=settings.stream_replicas
     )
     await ingest.start()
+    registry.register(IngestedUsage(lambda: ingest.stored, lambda: ingest.drops.counts))
     if not settings.serve_samples_usage:
         return [ingest]
     host = settings.host_id
@@ -125,6 +131,7 @@ async def _usage_jobs(nc: Client, ledger: Ledger, settings: Settings) -> list[Us
         lambda: asyncio.to_thread(ledger.running_instances, host),
         settings.usage_interval,
     )
+    registry.register(SampledUsage(lambda: sampling.last_report))
     return [ingest, sampling]
 
 
@@ -155,7 +162,7 @@ async def _serve_ledger(
         metrics=RequestMetrics(observer.registry, ENDPOINTS),
     )
     await service.start()
-    observation = ServeObservation(observer, settings.database_url, events)
+    observation = ServeObservation(observer, settings.database_url, events, used=HourlyUsed(ledger.clock))
     observation.watch(
         consumer,
         nats_connected=lambda: nc.is_connected,
@@ -186,7 +193,10 @@ async def _serve_ledger(
     background = [
         asyncio.create_task(prune_until(stopping.event, ledger, settings, consumer.durable)),
         asyncio.create_task(observation.refresh_until(stopping.event, consumer.lag)),
-        *(asyncio.create_task(job.run(stopping.event)) for job in await _usage_jobs(nc, ledger, settings)),
+        *(
+            asyncio.create_task(job.run(stopping.event))
+            for job in await _usage_jobs(nc, ledger, settings, observer.registry)
+        ),
     ]
     await stopping.event.wait()
     log.info("stopping: answering in-flight requests and finishing the current event batch")

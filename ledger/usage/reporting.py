@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from ledger.bus.usage import ensure_usage_stream, publish_report
 from ledger.core.errors import LedgerError
 from ledger.core.results import InstanceUtilizationInfo
+from ledger.core.usage import UsageReport
 from ledger.usage.sampler import Sampler
 
 log = logging.getLogger("ledger.usage")
@@ -35,6 +36,7 @@ class SamplingLoop:
         self.instances_measured = 0
         self.instances_unmeasured = 0
         self.last_problem: str | None = None
+        self.last_report: UsageReport | None = None  # the newest report (per-instance metrics read it)
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -59,6 +61,7 @@ class SamplingLoop:
         """One sample of every Running instance, published."""
         instances = await self.running()
         report = await asyncio.to_thread(self.sampler.sample, instances, self.interval_s)
+        self.last_report = report
         await publish_report(self.js, report)
         self.published += 1
         self.instances_measured += len(report.instances)

@@ -16,7 +16,7 @@ from ledger.bus.publisher import publish_event
 from ledger.events.contract import make_event
 from ledger.store.ledger import Ledger
 from tests.service.conftest import ServeFactory
-from tests.service.helpers import serve_env, unique
+from tests.service.helpers import serve_env, unique, value
 
 BURN = "import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush()\nwhile True:\n    pass\n"
 
@@ -59,5 +59,10 @@ async def test_serve_samples_a_running_vm_and_stores_its_usage(
         assert latest["unmeasured_reason"] is None
     finally:
         ledger.close()
+    # the sampling process exports the VM, named as cAdvisor names VM metrics
+    scraped = serve.scrape()
+    assert (value(scraped, "ledger_instance_cpu_seconds_total", host=host, instance="vm-1") or 0) > 0
+    assert (value(scraped, "ledger_instance_memory_rss_bytes", host=host, instance="vm-1") or 0) > 0
+    assert (value(scraped, "ledger_usage_stored_total") or 0) >= 1
     assert await asyncio.to_thread(serve.stop) == 0
     assert "Traceback" not in serve.log()
