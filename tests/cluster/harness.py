@@ -57,6 +57,11 @@ class NatsCluster:
     def stop_node(self, name: str) -> None:
         self.nodes[int(name.removeprefix("n"))].stop()
 
+    def restart_node(self, name: str) -> None:
+        """Start a stopped node again on its store (it rejoins over its routes; its client port is new)."""
+        index = int(name.removeprefix("n"))
+        self.client_urls[index] = self.nodes[index].start()
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
