@@ -1,13 +1,21 @@
-# The two commands the README promises: `make run` and `make test`. Both build .venv from this repo's files.
+# The two commands the README promises: `make run` and `make test`. Both build .venv from this repo's files:
+# `make run` installs what ledger needs to run, nothing more; the dev tools (pytest, ruff, mypy, ...) come
+# with `make test` and `make lint`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: run test lint bench clean
 
+# runtime dependencies only
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# plus the dev tools
+$(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -15,12 +23,12 @@ $(BIN)/.installed: pyproject.toml
 run: $(BIN)/.installed
 	$(BIN)/ledger serve
 
-## test: install, start PostgreSQL and NATS if they are down, run the whole test suite
-test: $(BIN)/.installed
+## test: install with the dev tools, start PostgreSQL and NATS if they are down, run the whole test suite
+test: $(BIN)/.installed-dev
 	bash .ci/services
 	$(BIN)/python -m pytest
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict ledger

@@ -5,6 +5,10 @@ client's buffer (publishes, SUB, UNSUB), so its PONG proves nothing about them. 
 a flush after 1,000 publishes returned before the server had the first one, and `Subscription.drain()`
 (UNSUB, flush, wait for the queue) finished while the server still routed requests to the subscription,
 which the client then dropped unanswered. Queuing the PING behind the buffer restores the order.
+
+nats-py has no public way to do this, so `_send_ping` is overridden with its private `_pongs`,
+`_send_command` and `_flush_pending`. pyproject.toml pins nats-py to the versions this was checked with, and
+tests/unit/test_nats_private_api.py fails, saying what to re-check, when any of them changes.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from ledger.core.errors import Unavailable
+from ledger.core.errors import AlreadyRunning
 
 LOCK_FILE = "ledger-embedded.lock"
 
@@ -31,7 +31,7 @@ class StoreLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock; Unavailable, saying which process holds it and what to do, if another does."""
+        """Take the lock; AlreadyRunning, saying which process holds it and what to do, if another does."""
         if sys.platform == "win32":  # no flock there: the check is skipped
             return
         import fcntl
@@ -42,7 +42,7 @@ class StoreLock:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise Unavailable(
+            raise AlreadyRunning(
                 f"another ledger serve (pid {holder}) is running its embedded NATS server on "
                 f"{self.path.parent}; stop it first, or give this one its own LEDGER_DATA_DIR"
             ) from None

@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ledger import logs
-from ledger.agent import publish_once, run_agent
 from ledger.cli.common import settings_from_args
 from ledger.cli.serve import run_loop
 from ledger.config import Settings
@@ -31,7 +29,7 @@ def register(subcommands: Any) -> argparse.ArgumentParser:
         help="read <ROOT>/proc and <ROOT>/sys (e.g. the host's, mounted into a container)",
     )
     parser.add_argument(
-        "--once", action="store_true", help="publish one snapshot and exit (5: NATS unreachable)"
+        "--once", action="store_true", help="publish one snapshot and exit (6: NATS unreachable)"
     )
     parser.add_argument("--log-format", choices=["text", "json"], default=None, help="log line format")
     parser.set_defaults(handler=run)
@@ -42,6 +40,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     root: Path = args.root
     if not root.is_dir():
         raise ConfigError(f"--root {root}: no such directory", setting="root")
+    from ledger import logs
+    from ledger.agent import publish_once, run_agent
+
     logs.configure(args.log_format or settings.log_format)
     if args.once:
         return run_loop(publish_once(settings, root))

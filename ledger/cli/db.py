@@ -5,27 +5,25 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ledger.bus.jetstream import DUPLICATE_WINDOW_S, DURABLE
-from ledger.cli.common import EXIT_OK, EXIT_USAGE, error, print_json
+from ledger.cli.common import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, error, print_json
 from ledger.config import Settings
-from ledger.local import open_ledger
-from ledger.store import migrate
-from ledger.store.engine import make_engine
-from ledger.store.retention import TABLES, Limits, Retention
 
 
 def register(subcommands: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subcommands.add_parser(
         "db",
         help="migrate the database, show its revision, check models against migrations, prune old rows",
-        description="Database schema management (Alembic migrations shipped with ledger), and pruning.",
+        description="Database schema management (Alembic migrations shipped with ledger), and pruning. "
+        "`upgrade` (and `ledger serve`) are the only commands that create or migrate a database; the "
+        "others need it to exist, `check` and `prune` at the newest revision.",
     )
     parser.add_argument(
         "action",
         choices=["upgrade", "downgrade", "current", "check", "prune"],
-        help="upgrade: migrate to the newest schema (or REVISION); downgrade: migrate back to REVISION "
-        "('base' empties it); current: print the revision; check: fail if the models and migrations drift; "
-        "prune: delete now what the retention_* settings let go (`ledger serve` does it in the background)",
+        help="upgrade: create the database if needed and migrate it to the newest schema (or REVISION); "
+        "downgrade: migrate back to REVISION ('base' empties it); current: print the revision; check: fail "
+        "if the models and migrations drift; prune: delete now what the retention_* settings let go "
+        "(`ledger serve` does it in the background)",
     )
     parser.add_argument("revision", nargs="?", default=None, help="target revision for upgrade/downgrade")
     parser.add_argument("--dry-run", action="store_true", help="prune: count what would go, delete nothing")
@@ -35,43 +33,65 @@ def register(subcommands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.store import migrate
+
     url = settings.database_url
     if args.action == "prune":
         return prune(args, settings)
     if args.dry_run or args.json:
         error("--dry-run and --json go with `ledger db prune`")
         return EXIT_USAGE
+    if args.revision is not None and args.action not in {"upgrade", "downgrade"}:
+        error(f"`ledger db {args.action}` takes no revision")
+        return EXIT_USAGE
     if args.action == "upgrade":
         migrate.upgrade(url, args.revision or "head")
-        print(f"database at revision {migrate.head_revision() if not args.revision else args.revision}")
+        print(f"database at revision {args.revision or migrate.head_revision()}")
         return EXIT_OK
     if args.action == "downgrade":
         if not args.revision:
             error("downgrade needs a target revision, e.g. `ledger db downgrade base`")
-            return 2
+            return EXIT_USAGE
         migrate.downgrade(url, args.revision)
         print(f"database at revision {args.revision}")
         return EXIT_OK
     if args.action == "current":
-        engine = make_engine(url)
-        try:
-            current = migrate.current_revision(engine)
-        finally:
-            engine.dispose()
-        head = migrate.head_revision()
-        state = "up to date" if current == head else f"behind: head is {head}"
-        print(f"{current or 'empty'} ({state})")
-        return EXIT_OK
+        return current(settings)
     drift = migrate.check(url)
     if drift:
         error(f"models and migrations differ: {drift}")
-        return 1
+        return EXIT_INTERNAL
     print("models and migrations agree")
     return EXIT_OK
 
 
+def current(settings: Settings) -> int:
+    """The revision of an existing database (read-only: asking never creates one)."""
+    from ledger.store import migrate
+    from ledger.store.engine import make_engine
+
+    engine = make_engine(settings.database_url, read_only=True)
+    try:
+        revision = migrate.revision_of(engine)
+    finally:
+        engine.dispose()
+    head = migrate.head_revision()
+    if revision == head:
+        state = "up to date"
+    elif revision is not None and revision not in migrate.revisions():
+        state = f"unknown to this ledger, whose head is {head}: a newer ledger migrated it"
+    else:
+        state = f"behind: head is {head}"
+    print(f"{revision or 'empty'} ({state})")
+    return EXIT_OK
+
+
 def prune(args: argparse.Namespace, settings: Settings) -> int:
-    ledger = open_ledger(settings)
+    from ledger.bus.jetstream import DUPLICATE_WINDOW_S, DURABLE
+    from ledger.local import open_writer
+    from ledger.store.retention import TABLES, Limits, Retention
+
+    ledger = open_writer(settings)
     try:
         retention = Retention(ledger.db, consumer=DURABLE, duplicate_window_s=DUPLICATE_WINDOW_S)
         report = retention.prune(Limits.of(settings), dry_run=args.dry_run).to_dict()

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ledger.cli.common import EXIT_OK, EXIT_USAGE, error, print_json
+from ledger.cli.common import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, error, print_json
 from ledger.config import Settings
 from ledger.core.gpu import GPUStatus, PassthroughDevice
 from ledger.core.resources import Capacity, ResourceType, Source
 from ledger.core.units import format_bandwidth, format_byte_rate, format_bytes
-from ledger.discovery import HostCapacities, discover
 
-EXIT_ERROR = 1
+if TYPE_CHECKING:
+    from ledger.discovery import HostCapacities
 
 
 def register(subcommands: Any) -> argparse.ArgumentParser:
@@ -39,11 +39,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not root.is_dir():
         error(f"--root {root}: no such directory")
         return EXIT_USAGE
+    from ledger.discovery import discover
+
     try:
         found = discover(settings, root=root)
     except OSError as exc:  # readers tolerate bad files; this is e.g. an unreadable root itself
         error(f"cannot read host information under {root}: {exc}")
-        return EXIT_ERROR
+        return EXIT_INTERNAL
     if args.json:
         print_json(found.to_dict())
     else:

@@ -10,17 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ledger.bus.connect import connect
-from ledger.bus.consumer import APPLIED_SUBJECT, EventConsumer
-from ledger.bus.jetstream import ensure_stream, stream_config
-from ledger.bus.publisher import publish_event
-from ledger.cli.common import EXIT_OK, EXIT_USAGE, error, print_json
-from ledger.config import Settings
-from ledger.core.errors import ConfigError, LedgerError
-from ledger.events.apply import apply_event
-from ledger.events.contract import InvalidEvent, parse_event
-from ledger.local import open_ledger
-from ledger.serve import running_nats_url
+from ledger.cli.common import EXIT_OK, EXIT_USAGE, error, open_input_file, print_json, read_input_file
+from ledger.config import Settings, mask_url
+from ledger.core.errors import LedgerError
 
 
 def register(subcommands: Any) -> list[argparse.ArgumentParser]:
@@ -51,7 +43,13 @@ def register(subcommands: Any) -> list[argparse.ArgumentParser]:
     tail.add_argument("--count", type=int, default=0, help="stop after this many (default: run until ^C)")
 
     dead = actions.add_parser("dead-letters", help="list, show or replay events that could not be applied")
-    dead.add_argument("what", nargs="?", default="list", choices=["list", "show", "replay"])
+    dead.add_argument(
+        "what",
+        nargs="?",
+        default="list",
+        choices=["list", "show", "replay"],
+        help="list them (the default), show one's payload, or replay one",
+    )
     dead.add_argument("id", nargs="?", type=int, help="dead letter id (show, replay)")
     dead.add_argument("--all", action="store_true", help="list replayed ones too")
     dead.add_argument("--payload", type=Path, help="replay this corrected payload instead of the stored one")
@@ -63,14 +61,10 @@ def register(subcommands: Any) -> list[argparse.ArgumentParser]:
 
 
 def _nats_url(settings: Settings) -> str:
-    url = settings.nats_url or running_nats_url(settings)
-    if not url:
-        raise ConfigError(
-            "this command needs a NATS server: start `ledger serve` on this data dir, "
-            "or pass --nats-url / set LEDGER_NATS_URL",
-            setting="nats_url",
-        )
-    return url
+    """--nats-url / LEDGER_NATS_URL, else the NATS of a `ledger serve` running on this data dir."""
+    from ledger.client import nats_url_for
+
+    return nats_url_for(settings)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,27 +79,39 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _publish(path: str, settings: Settings, as_host: str | None) -> int:
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    nc = await connect(_nats_url(settings), settings, name="ledger-publish", reconnect_forever=False)
+    from ledger.bus.connect import connect
+    from ledger.bus.jetstream import ensure_stream, stream_config
+    from ledger.bus.publisher import publish_event
+    from ledger.events.contract import InvalidEvent
+
+    # opened before connecting: a missing file is the user's to fix, whatever NATS is doing
+    stream = sys.stdin.buffer if path == "-" else open_input_file(Path(path), "events file")
+    try:
+        nc = await connect(_nats_url(settings), settings, name="ledger-publish", reconnect_forever=False)
+    except BaseException:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+        raise
     published = duplicates = 0
     try:
         js = nc.jetstream()
         await ensure_stream(js, stream_config())
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
+        for number, raw in enumerate(stream, start=1):
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 envelope = json.loads(line)
                 if as_host is not None and isinstance(envelope, dict):
                     envelope = {**envelope, "host": as_host, "id": f"{as_host}-{envelope.get('id')}"}
                 ack = await publish_event(js, envelope)
-            except (json.JSONDecodeError, InvalidEvent) as exc:
+            except (ValueError, InvalidEvent) as exc:  # not UTF-8, not JSON, or not a valid event
                 error(f"{path}:{number}: {exc}")
                 return EXIT_USAGE
             published += 1
             duplicates += 1 if ack.duplicate else 0
     finally:
-        if stream is not sys.stdin:
+        if stream is not sys.stdin.buffer:
             stream.close()
         await nc.flush()
         await nc.close()
@@ -114,8 +120,17 @@ async def _publish(path: str, settings: Settings, as_host: str | None) -> int:
 
 
 async def _consume(args: argparse.Namespace, settings: Settings) -> int:
-    ledger = open_ledger(settings)
-    nc = await connect(_nats_url(settings), settings, name="ledger-consumer")
+    from ledger.bus.connect import connect
+    from ledger.bus.consumer import EventConsumer
+    from ledger.local import open_writer
+
+    url = _nats_url(settings)
+    ledger = open_writer(settings)
+    try:
+        nc = await connect(url, settings, name="ledger-consumer")
+    except BaseException:
+        ledger.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -123,7 +138,7 @@ async def _consume(args: argparse.Namespace, settings: Settings) -> int:
     consumer = EventConsumer(nc, ledger, durable=args.durable, batch_size=args.batch)
     try:
         await consumer.start()
-        print(f"consuming events into {settings.database_url}", flush=True)
+        print(f"consuming events into {mask_url(settings.database_url)}", flush=True)
         await consumer.run(stop)
     finally:
         await consumer.close()
@@ -133,6 +148,9 @@ async def _consume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.bus.connect import connect
+    from ledger.bus.consumer import APPLIED_SUBJECT
+
     nc = await connect(_nats_url(settings), settings, name="ledger-tail", reconnect_forever=False)
     done = asyncio.Event()
     seen = 0
@@ -157,26 +175,52 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
-    ledger = open_ledger(settings)
+    if args.what == "list":
+        return _list_dead_letters(args, settings)
+    if args.id is None:
+        error(f"dead-letters {args.what} needs an id (see `ledger events dead-letters list`)")
+        return EXIT_USAGE
+    if args.what == "show":
+        from ledger.local import open_reader
+
+        ledger = open_reader(settings)
+        try:
+            letter = ledger.get_dead_letter(args.id)
+        finally:
+            ledger.close()
+        print_json(letter.to_dict(with_payload=True))
+        return EXIT_OK
+    return _replay(args, settings)
+
+
+def _list_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.local import open_reader
+
+    ledger = open_reader(settings)
     try:
-        if args.what == "list":
-            letters = ledger.dead_letters(include_replayed=args.all)
-            if args.json:
-                print_json([d.to_dict() for d in letters])
-            elif not letters:
-                print("no dead letters")
-            for d in [] if args.json else letters:
-                replayed = " (replayed)" if d.replayed_at else ""
-                print(f"{d.id:>6}  seq {d.stream_seq}  {d.subject}  {d.reason}{replayed}")
-            return EXIT_OK
-        if args.id is None:
-            error(f"dead-letters {args.what} needs an id (see `ledger events dead-letters list`)")
-            return EXIT_USAGE
+        letters = ledger.dead_letters(include_replayed=args.all)
+    finally:
+        ledger.close()
+    if args.json:
+        print_json([d.to_dict() for d in letters])
+    elif not letters:
+        print("no dead letters")
+    for d in [] if args.json else letters:
+        replayed = " (replayed)" if d.replayed_at else ""
+        print(f"{d.id:>6}  seq {d.stream_seq}  {d.subject}  {d.reason}{replayed}")
+    return EXIT_OK
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.events.apply import apply_event
+    from ledger.events.contract import parse_event
+    from ledger.local import open_writer
+
+    corrected = read_input_file(args.payload, "--payload file") if args.payload else None
+    ledger = open_writer(settings)
+    try:
         letter = ledger.get_dead_letter(args.id)
-        if args.what == "show":
-            print_json(letter.to_dict(with_payload=True))
-            return EXIT_OK
-        payload = args.payload.read_bytes() if args.payload else letter.payload
+        payload = corrected if corrected is not None else letter.payload
         try:
             event = parse_event(payload, letter.subject or None)
             result = apply_event(ledger, event, None)
@@ -184,9 +228,7 @@ def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
             error(f"dead letter {letter.id} still cannot be applied: {exc.message}")
             return EXIT_USAGE
         ledger.mark_replayed(letter.id)
-        print(
-            f"dead letter {letter.id}: {result.outcome} ({event.type} {result.entity_id} v{result.version})"
-        )
-        return EXIT_OK
     finally:
         ledger.close()
+    print(f"dead letter {letter.id}: {result.outcome} ({event.type} {result.entity_id} v{result.version})")
+    return EXIT_OK

@@ -8,7 +8,6 @@ from dataclasses import asdict
 from typing import Any
 
 from ledger.cli.common import EXIT_OK, print_json
-from ledger.cli.remote import via_service
 from ledger.cli.render import render_candidates
 from ledger.cli.reserve import add_amount_flags, request_from
 from ledger.config import Settings
@@ -27,7 +26,6 @@ from ledger.core.placement import (
     check_limit,
     parse_labels,
 )
-from ledger.local import open_ledger
 
 
 def _label(text: str) -> dict[str, str]:
@@ -144,6 +142,8 @@ def _shortfalls(reply: Mapping[str, Any], labels: Mapping[str, str]) -> Shortfal
 def run_fit(args: argparse.Namespace, settings: Settings) -> int:
     request, labels = request_from(args), _labels(args)
     if settings.nats_url:
+        from ledger.cli.remote import via_service
+
         body = {
             **asdict(request),
             "labels": labels,
@@ -153,7 +153,9 @@ def run_fit(args: argparse.Namespace, settings: Settings) -> int:
         }
         reply = via_service(settings, lambda client: client.call("candidates", body))
     else:
-        ledger = open_ledger(settings)
+        from ledger.local import open_reader
+
+        ledger = open_reader(settings)
         try:
             search = ledger.candidates(
                 request, labels=labels, exclude=args.exclude, policy=args.policy, limit=args.limit
@@ -179,6 +181,8 @@ def run_fit(args: argparse.Namespace, settings: Settings) -> int:
 def run_place(args: argparse.Namespace, settings: Settings) -> int:
     request, labels = request_from(args), _labels(args)
     if settings.nats_url:
+        from ledger.cli.remote import via_service
+
         body = {
             **asdict(request),
             "labels": labels,
@@ -190,7 +194,9 @@ def run_place(args: argparse.Namespace, settings: Settings) -> int:
         }
         grant = {"ok": True, **via_service(settings, lambda client: client.call("place", body))}
     else:
-        ledger = open_ledger(settings)
+        from ledger.local import open_writer
+
+        ledger = open_writer(settings)
         try:
             ask = Ask(request, args.key, args.ttl)
             placed = ledger.place(

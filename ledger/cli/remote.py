@@ -17,7 +17,7 @@ def via_service(settings: Settings, call: Callable[[LedgerClient], Awaitable[T]]
 
     async def run() -> T:
         assert settings.nats_url is not None
-        client = await LedgerClient.connect(settings.nats_url, settings, reconnect_forever=False)
+        client = await LedgerClient.connect(settings.nats_url, settings, reconnect_forever=False)  # checks it
         try:
             return await call(client)
         finally:

@@ -7,11 +7,10 @@ from dataclasses import asdict
 from typing import Any
 
 from ledger.cli.common import EXIT_OK, print_json
-from ledger.cli.remote import via_service
 from ledger.config import Settings
 from ledger.core.charges import AllocationRequest
+from ledger.core.errors import InvalidRequest
 from ledger.core.units import UnitError, parse_bandwidth, parse_size
-from ledger.local import ensure_host, open_ledger
 
 
 def _size(text: str) -> int:
@@ -28,7 +27,8 @@ def _bandwidth(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _vcpus(text: str) -> int:
+def vcpus_type(text: str) -> int:
+    """argparse type: a whole number of vCPUs, at least 0."""
     try:
         value = int(text)
     except ValueError:
@@ -39,9 +39,9 @@ def _vcpus(text: str) -> int:
 
 
 def add_amount_flags(parser: argparse.ArgumentParser, whose: str = "the host's") -> None:
-    """What an instance asks for, as `validate`, `fit` and `place` take it; an unstated bandwidth is
-    charged its vCPU share of `whose` capacity."""
-    parser.add_argument("--vcpus", type=_vcpus, required=True, help="vCPUs")
+    """What an instance asks for, as `validate`, `fit` and `place` take it (every amount optional); an
+    unstated bandwidth is charged its vCPU share of `whose` capacity."""
+    parser.add_argument("--vcpus", type=vcpus_type, default=0, help="vCPUs (default 0)")
     parser.add_argument("--memory", type=_size, default=0, help="memory size, e.g. 8GiB")
     parser.add_argument("--disk", type=_size, default=0, help="disk size, e.g. 50GB")
     for flag, name, example, what in (
@@ -57,6 +57,9 @@ def add_amount_flags(parser: argparse.ArgumentParser, whose: str = "the host's")
         )
     parser.add_argument("--gpu", action="store_true", help="needs a GPU slot")
     parser.add_argument("--gpu-profile", default=None, help="vGPU profile name")
+
+
+AMOUNT_FLAGS = "--vcpus, --memory, --disk, --network-down, --network-up, --disk-io, --gpu or --gpu-profile"
 
 
 def request_from(args: argparse.Namespace) -> AllocationRequest:
@@ -78,9 +81,10 @@ def register_validate(subcommands: Any) -> argparse.ArgumentParser:
         "validate",
         help="check that an instance fits and reserve it (prints the reservation id)",
         description="Check every requested resource against what is left and hold it in one transaction. "
-        "Prints the reservation id; a refusal prints the reason on stderr and exits 3. The hold lasts "
-        "--ttl seconds unless an instance event consumes it or `ledger release` gives it back. Uses the "
-        "database directly, or the running service when --nats-url is given.",
+        "Prints the reservation id; a refusal prints the reason on stderr and exits 3. Every amount is "
+        "optional, but give at least one. The hold lasts --ttl seconds unless an instance event consumes "
+        "it or `ledger release` gives it back. Uses the database directly (the host must be registered: "
+        "`ledger host refresh`), or the running service when --nats-url is given.",
     )
     add_amount_flags(parser)
     parser.add_argument("--host", default=None, help="host id (default: this host)")
@@ -97,13 +101,19 @@ def register_validate(subcommands: Any) -> argparse.ArgumentParser:
 
 def run_validate(args: argparse.Namespace, settings: Settings) -> int:
     request = request_from(args)
+    if request == AllocationRequest():
+        raise InvalidRequest(f"nothing to reserve: give at least one of {AMOUNT_FLAGS}")
     if settings.nats_url:
+        from ledger.cli.remote import via_service
+
         body = {**asdict(request), "host": args.host, "idempotency_key": args.key, "ttl_seconds": args.ttl}
         grant = {"ok": True, **via_service(settings, lambda client: client.call("validate", body))}
     else:
-        ledger = open_ledger(settings)
+        from ledger.local import open_writer, target_host
+
+        ledger = open_writer(settings)
         try:
-            host = ensure_host(ledger, settings, args.host)
+            host = target_host(ledger, settings, args.host)
             grant = ledger.reserve(host, request, idempotency_key=args.key, ttl=args.ttl).to_dict()
         finally:
             ledger.close()
@@ -128,15 +138,19 @@ def register_release(subcommands: Any) -> argparse.ArgumentParser:
 
 def run_release(args: argparse.Namespace, settings: Settings) -> int:
     if settings.nats_url:
+        from ledger.cli.remote import via_service
+
         info = via_service(settings, lambda client: client.release(args.reservation_id))
     else:
-        ledger = open_ledger(settings)
+        from ledger.local import open_writer
+
+        ledger = open_writer(settings)
         try:
-            info = ledger.release(args.reservation_id).to_dict()
+            info = ledger.release(args.reservation_id)
         finally:
             ledger.close()
     if args.json:
-        print_json(info)
+        print_json(info.to_dict())
     else:
-        print(f"{info['reservation_id']} {info['status']}")
+        print(f"{info.reservation_id} {info.status}")
     return EXIT_OK

@@ -8,9 +8,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from ledger import logs
 from ledger.config import Settings
-from ledger.serve import serve
+from ledger.core.errors import ConfigError
 
 
 def register(subcommands: Any) -> argparse.ArgumentParser:
@@ -21,7 +20,7 @@ def register(subcommands: Any) -> argparse.ArgumentParser:
         "JetStream and answer requests on ledger.v1.* (NATS micro service `ledger`). With no "
         "configuration: SQLite in the data dir and an embedded NATS server on loopback. With "
         "LEDGER_NATS_URL / LEDGER_DATABASE_URL it joins a real NATS and PostgreSQL. SIGTERM drains "
-        "and exits 0.",
+        "and exits 0; another `ledger serve` on the same data dir makes it exit 5 at once.",
     )
     parser.add_argument("--root", type=Path, default=Path("/"), help="read /proc and /sys under DIR")
     parser.add_argument("--log-format", choices=["text", "json"], default=None, help="log line format")
@@ -30,8 +29,14 @@ def register(subcommands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    root: Path = args.root
+    if not root.is_dir():
+        raise ConfigError(f"--root {root}: no such directory", setting="root")
+    from ledger import logs
+    from ledger.serve import serve
+
     logs.configure(args.log_format or settings.log_format)
-    return run_loop(serve(settings, root=args.root))
+    return run_loop(serve(settings, root=root))
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ledger.cli.common import EXIT_OK, print_json
-from ledger.cli.remote import via_service
+from ledger.cli.common import EXIT_OK, note, print_json
+from ledger.cli.ratios import drifts
 from ledger.cli.render import render_fleet_status, render_status, used_fraction
-from ledger.client import LedgerClient
 from ledger.config import Settings
 from ledger.core.errors import InvalidRequest
 from ledger.core.resources import ResourceType
-from ledger.local import ensure_host, open_ledger
+
+if TYPE_CHECKING:
+    from ledger.client import LedgerClient
+    from ledger.core.results import FullStatus
 
 SORT_KEYS = ("host", *(r.value for r in ResourceType))
 _CONCURRENT = 16  # status requests in flight at once when asking the service about every host
@@ -26,10 +28,12 @@ def register(subcommands: Any) -> argparse.ArgumentParser:
         "status",
         help="show capacity, limits, allocations and pending reservations",
         description="Per resource: capacity, effective limit, allocated, pending, available, ratio, source, "
-        "with a usage bar; then each active instance's allocation. Reads the database directly "
-        "(the local host is registered on first use), or asks the service when --nats-url is given. "
-        "With --all, one line per host: its labels and a usage bar per resource (from the database, "
-        "a hold that expired since its host was last touched still shows as pending).",
+        "with a usage bar; then each active instance's allocation. Reads the database (read-only: it must "
+        "exist, be migrated and have this host registered, see `ledger host refresh`), or asks the service "
+        "when --nats-url is given. A ratio set in the configuration that differs from the one the host was "
+        "registered with is pointed out. With --all, one line per host: its labels and a usage bar per "
+        "resource (from the database, a hold that expired since its host was last touched still shows as "
+        "pending).",
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--host", default=None, help="host id (default: this host)")
@@ -54,27 +58,42 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return run_all(args, settings)
     if args.sort is not None:
         raise InvalidRequest("--sort goes with --all")
-    if settings.nats_url:
-        status = via_service(settings, lambda client: client.status(host=args.host))
-    else:
-        ledger = open_ledger(settings)
-        try:
-            host = ensure_host(ledger, settings, args.host)
-            status = ledger.full_status(host).to_dict()
-        finally:
-            ledger.close()
+    status = _status(settings, args.host)
+    remarks = [drift.describe() for drift in drifts(settings, status)]
     if args.json:
-        print_json(status)
+        print_json(status.to_dict())
+        for remark in remarks:
+            note(remark)
     else:
-        print(render_status(status))
+        print(render_status(status.to_dict()))
+        if remarks:
+            print("\n" + "\n".join(f"note: {remark}" for remark in remarks))
     return EXIT_OK
+
+
+def _status(settings: Settings, host: str | None) -> FullStatus:
+    if settings.nats_url:
+        from ledger.cli.remote import via_service
+
+        return via_service(settings, lambda client: client.status(host=host))
+    from ledger.local import open_reader, target_host
+
+    ledger = open_reader(settings)
+    try:
+        return ledger.full_status(target_host(ledger, settings, host))
+    finally:
+        ledger.close()
 
 
 def run_all(args: argparse.Namespace, settings: Settings) -> int:
     if settings.nats_url:
+        from ledger.cli.remote import via_service
+
         hosts = via_service(settings, _ask_every_host)
     else:
-        ledger = open_ledger(settings)
+        from ledger.local import open_reader
+
+        ledger = open_reader(settings)
         try:
             hosts = ledger.fleet_status()
         finally:
@@ -93,8 +112,8 @@ async def _ask_every_host(client: LedgerClient) -> list[dict[str, Any]]:
 
     async def one(host: str) -> dict[str, Any]:
         async with slots:
-            status = await client.status(host=host, limit=0)
-        return {"host": status["host"], "labels": status.get("labels") or {}} | {
+            status = (await client.status(host=host, limit=0)).to_dict()
+        return {"host": status["host"], "labels": status["labels"]} | {
             r.value: status[r.value] for r in ResourceType
         }
 

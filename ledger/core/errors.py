@@ -60,3 +60,9 @@ class ConfigError(LedgerError):
     """A configuration value is missing or malformed."""
 
     code = "invalid_config"
+
+
+class AlreadyRunning(Unavailable):
+    """Another process already runs what this one would start (a `ledger serve` on the same data dir)."""
+
+    code = "already_running"

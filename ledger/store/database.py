@@ -5,6 +5,11 @@ SQLite has one writer at a time: the threads of this process queue on a lock ins
 SQLite's busy handler (which sleeps in steps of up to 100 ms); other processes still wait there. An event
 loop may also run a transaction in place when the lock is free (`try_now`), on a connection of its own
 whose busy timeout is 0, instead of paying two thread hops.
+
+On a read-only engine (`make_engine(..., read_only=True)`, what commands that only read use) a transaction
+runs the same code on a connection the database will not let write, and is rolled back: the host row is
+read without a lock, and holds whose time has passed are left out of what is pending (as the sweep of a
+write transaction would) without being marked expired.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -22,11 +28,17 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from ledger.core.errors import Unavailable
-from ledger.store.engine import READ_ONLY
+from ledger.core.results import HELD
+from ledger.store.engine import READ_ONLY, is_read_only
+from ledger.store.rows import HOLD_AMOUNTS
 from ledger.store.sql import Sql
 from ledger.store.tx import LockedHost, Statements, Tx
 
 T = TypeVar("T")
+
+
+class ReadOnlyError(RuntimeError):
+    """Something tried to write through a ledger opened read-only, and the database refused."""
 
 
 class Database:
@@ -37,7 +49,8 @@ class Database:
         self.clock = clock
         self.sql = Sql.of(engine.dialect)
         self.sqlite = self.sql.sqlite
-        self.statements = Statements(self.sql)
+        self.read_only = is_read_only(engine)
+        self.statements = _read_only_statements(self.sql) if self.read_only else Statements(self.sql)
         self._driver_errors: tuple[type[Exception], ...] = (
             OperationalError,
             engine.dialect.loaded_dbapi.OperationalError,
@@ -68,6 +81,10 @@ class Database:
         if current is not None:
             yield current
             return
+        if self.read_only:
+            with self._read_only_transaction() as tx:
+                yield tx
+            return
         try:
             with self._writer, self.engine.begin() as conn:
                 cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -80,6 +97,29 @@ class Database:
         except self._driver_errors as exc:
             raise Unavailable(f"database unavailable: {_reason(exc)}") from exc
         self._committed(tx)
+
+    @contextmanager
+    def _read_only_transaction(self) -> Iterator[Tx]:
+        """A transaction on a read-only engine, rolled back at the end. What a sweep changed is not written
+        back; a hold someone tried to add is, so the database refuses it instead of it vanishing."""
+        try:
+            with self.engine.connect() as conn:
+                conn.begin()
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    tx = Tx(cursor, self.statements, self.clock, conn)
+                    yield tx
+                    if tx.holds or tx.placements:  # a write by mistake: the database refuses it
+                        tx.flush()
+                finally:
+                    cursor.close()
+                    conn.rollback()
+        except Exception as exc:
+            if _refused_write(exc):  # a bug: the caller should have opened the ledger for writing
+                raise ReadOnlyError(f"the ledger was opened read-only: {_reason(exc)}") from exc
+            if isinstance(exc, self._driver_errors):
+                raise Unavailable(f"database unavailable: {_reason(exc)}") from exc
+            raise
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -110,7 +150,7 @@ class Database:
         """SQLite: `work` in a write transaction right now, or None at once if another writer (a thread of
         this process, or another process) has the lock. None on PostgreSQL, whose statements wait on the
         network: they belong on a thread."""
-        if not self.sqlite or not self._write_lock.acquire(blocking=False):
+        if not self.sqlite or self.read_only or not self._write_lock.acquire(blocking=False):
             return None
         try:
             dbapi = self._nowait_connection()
@@ -154,6 +194,27 @@ class Database:
         driver = self._nowait.dbapi_connection
         assert isinstance(driver, sqlite3.Connection)
         return driver
+
+
+def _read_only_statements(sql: Sql) -> Statements:
+    """A reader's statements: the host row without a row lock (PostgreSQL refuses one in a read-only
+    transaction), and the sweep as a SELECT of the same columns with the same parameters (ended_at, host,
+    now), so the transaction takes expired holds off the host's pending totals in memory only."""
+    statements = Statements(replace(sql, for_update=""))
+    m = sql.mark
+    statements.sweep = (
+        f"SELECT {', '.join(HOLD_AMOUNTS)} FROM reservations "
+        f"WHERE expires_at <= {m} AND host_id = {m} AND status = '{HELD}' AND expires_at <= {m}"
+    )
+    return statements
+
+
+def _refused_write(exc: BaseException) -> bool:
+    """The database refused a write because the connection is read-only (SQLite's SQLITE_READONLY,
+    PostgreSQL's read_only_sql_transaction)."""
+    orig = getattr(exc, "orig", None) or exc
+    sqlite = str(getattr(orig, "sqlite_errorname", ""))
+    return sqlite.startswith("SQLITE_READONLY") or getattr(orig, "sqlstate", "") == "25006"
 
 
 def _reason(exc: BaseException) -> str:

@@ -78,16 +78,22 @@ class Ledger:
         )
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True, **options: Any) -> Ledger:
-        """A ledger on the database at `url`, migrated to the current schema unless told not to."""
-        engine = make_engine(url)
+    def open(cls, url: str, *, migrate: bool = True, read_only: bool = False, **options: Any) -> Ledger:
+        """A ledger on `url`, migrated unless told not to; `read_only`: it must be current, writes refused."""
+        from ledger.store.migrate import require_current
+
+        engine = make_engine(url, read_only=read_only)
         try:
-            if migrate:
+            if read_only:
+                require_current(engine)
+            elif migrate:
                 ensure_schema(engine)
-        except OperationalError as exc:
+        except BaseException as exc:
             engine.dispose()
-            raise Unavailable(f"cannot reach the database at {engine.url!r}: {exc.orig}") from None
-        ledger = cls(engine, **options)
+            if isinstance(exc, OperationalError):
+                raise Unavailable(f"cannot reach the database at {engine.url!r}: {exc.orig}") from None
+            raise
+        ledger = cls(engine, **({"optimistic": False} | options if read_only else options))
         ledger.owns_engine = True
         return ledger
 

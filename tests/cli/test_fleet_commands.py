@@ -175,7 +175,7 @@ def test_fit_json_when_no_host_fits_prints_the_reply_and_exits_3(ledger_cli: Run
         (("fit", "--vcpus", "1", "--limit", "0"), "--limit must be a whole number from 1 to 1000"),
         (("fit", "--vcpus", "1", "--limit", "1001"), "--limit must be a whole number from 1 to 1000"),
         (("fit", "--vcpus", "1", "--memory", "lots"), "argument --memory"),
-        (("fit", "--memory", "1GiB"), "--vcpus"),
+        (("fit", "--vcpus", "-1"), "vCPUs cannot be negative"),
         (("place", "--vcpus", "1", "--attempts", "21"), "--attempts must be a whole number from 1 to 20"),
         (("place", "--vcpus", "1", "--label", "zone"), "argument --label: 'zone' is not NAME=VALUE"),
         (("place", "--vcpus", "1", "--ttl", "0"), "ttl"),
@@ -371,6 +371,12 @@ async def test_the_commands_answer_the_same_through_the_service(
         ("place", "--vcpus", "200"): 3,
         ("status", "--all"): 0,
         ("status", "--all", "--json", "--sort", "network"): 0,
+        ("status", "--host", "node-3", "--json"): 0,
+        ("status", "--host", "node-9"): 4,
+        ("defaults", "--vcpus", "4", "--host", "node-1"): 0,
+        ("defaults", "--vcpus", "4", "--host", "node-2", "--json"): 0,
+        ("image-pull-check", "--host", "node-1"): 0,
+        ("image-pull-check", "--host", "node-2", "--json"): 0,
     }
 
     answers = await asyncio.gather(

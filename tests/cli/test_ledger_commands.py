@@ -1,4 +1,7 @@
-"""The `ledger` command line, run as real subprocesses against a SQLite file (and once against PostgreSQL)."""
+"""The `ledger` command line, run as real subprocesses against a SQLite file (and once against PostgreSQL).
+
+`ledger_cli` runs in a data dir whose database is migrated and has this host registered (what `ledger db
+upgrade` and `ledger host refresh` do); `fresh_cli` in an empty one."""
 
 from __future__ import annotations
 
@@ -13,24 +16,13 @@ from typing import Any
 
 import pytest
 
+from ledger.cli.completion import walk
+from ledger.cli.main import build_parser
 from ledger.store import migrate
+from tests.cli.conftest import prepare
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
-SUBCOMMANDS = (
-    "serve",
-    "agent",
-    "config",
-    "discover",
-    "host",
-    "status",
-    "validate",
-    "release",
-    "fit",
-    "place",
-    "events",
-    "db",
-)
 RESOURCE_KEYS = {
     "type",
     "capacity",
@@ -58,11 +50,7 @@ def cli_host() -> str:
     return f"cli-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def ledger_cli(tmp_path: Path, cli_host: str) -> Run:
-    """`ledger ARGS…` in a fresh data directory; returns the finished process (never raises on exit code)."""
-    env = _clean_env(tmp_path, cli_host)
-
+def _runner(env: dict[str, str]) -> Run:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "ledger", *args],
@@ -74,6 +62,20 @@ def ledger_cli(tmp_path: Path, cli_host: str) -> Run:
         )
 
     return run
+
+
+@pytest.fixture
+def fresh_cli(tmp_path: Path, cli_host: str) -> Run:
+    """`ledger ARGS…` in an empty data directory; returns the finished process (never raises on exit code)."""
+    return _runner(_clean_env(tmp_path, cli_host))
+
+
+@pytest.fixture
+def ledger_cli(tmp_path: Path, cli_host: str) -> Run:
+    """`ledger ARGS…` in a data directory with a migrated database where this host is registered."""
+    env = _clean_env(tmp_path, cli_host)
+    prepare(env)
+    return _runner(env)
 
 
 def ok(process: subprocess.CompletedProcess[str]) -> str:
@@ -189,22 +191,27 @@ def test_bad_size_message_quotes_the_input(ledger_cli: Run) -> None:
     assert "cannot parse '10 potatoes' as a size" in bad.stderr
 
 
-def test_db_upgrade_current_and_check(ledger_cli: Run) -> None:
+def test_db_upgrade_creates_the_database_then_current_and_check_read_it(
+    fresh_cli: Run, tmp_path: Path
+) -> None:
     head = migrate.head_revision()
-    assert ok(ledger_cli("db", "current")).strip() == f"empty (behind: head is {head})"
-    assert ok(ledger_cli("db", "upgrade")).strip() == f"database at revision {head}"
-    assert ok(ledger_cli("db", "current")).strip() == f"{head} (up to date)"
-    assert ok(ledger_cli("db", "check")).strip() == "models and migrations agree"
-    assert ok(ledger_cli("db", "downgrade", "base")).strip() == "database at revision base"
-    assert ok(ledger_cli("db", "current")).strip().startswith("empty")
+    missing = fresh_cli("db", "current")
+    assert missing.returncode == 2 and str(tmp_path / "ledger.db") in missing.stderr
+    assert not (tmp_path / "ledger.db").exists()
+    assert ok(fresh_cli("db", "upgrade")).strip() == f"database at revision {head}"
+    assert ok(fresh_cli("db", "current")).strip() == f"{head} (up to date)"
+    assert ok(fresh_cli("db", "check")).strip() == "models and migrations agree"
+    assert ok(fresh_cli("db", "downgrade", "base")).strip() == "database at revision base"
+    assert ok(fresh_cli("db", "current")).strip() == f"empty (behind: head is {head})"
 
 
-def test_host_refresh_registers_this_host_and_list_shows_it(ledger_cli: Run, cli_host: str) -> None:
-    assert ok(ledger_cli("host", "list")).strip() == "no hosts registered"
-    assert ok(ledger_cli("host", "refresh")).strip() == f"host {cli_host} registered"
-    assert ok(ledger_cli("host", "list")).strip() == cli_host
-    assert json.loads(ok(ledger_cli("host", "list", "--json"))) == [cli_host]
-    refreshed = json.loads(ok(ledger_cli("host", "refresh", "--json")))
+def test_host_refresh_registers_this_host_and_list_shows_it(fresh_cli: Run, cli_host: str) -> None:
+    ok(fresh_cli("db", "upgrade"))
+    assert ok(fresh_cli("host", "list")).strip() == "no hosts registered"
+    assert ok(fresh_cli("host", "refresh")).strip() == f"host {cli_host} registered"
+    assert ok(fresh_cli("host", "list")).strip() == cli_host
+    assert json.loads(ok(fresh_cli("host", "list", "--json"))) == [cli_host]
+    refreshed = json.loads(ok(fresh_cli("host", "refresh", "--json")))
     assert refreshed["host"] == cli_host
 
 
@@ -215,6 +222,7 @@ def test_status_of_an_unknown_other_host_exits_4(ledger_cli: Run) -> None:
 
 
 def test_validate_and_status_against_postgresql(ledger_cli: Run, pg_url: str, cli_host: str) -> None:
+    ok(ledger_cli("host", "refresh", "--database-url", pg_url))
     reservation_id = ok(
         ledger_cli("validate", "--database-url", pg_url, "--vcpus", "3", "--memory", "2GiB")
     ).strip()
@@ -225,7 +233,7 @@ def test_validate_and_status_against_postgresql(ledger_cli: Run, pg_url: str, cl
     assert status_json(ledger_cli, "--database-url", pg_url)["cpu"]["pending"] == 0
 
 
-@pytest.mark.parametrize("command", [(), *((c,) for c in SUBCOMMANDS)])
-def test_help_of_every_subcommand_exits_0(ledger_cli: Run, command: tuple[str, ...]) -> None:
-    out = ok(ledger_cli(*command, "--help"))
+@pytest.mark.parametrize("command", [c.path.split()[1:] for c in walk(build_parser())])
+def test_help_of_every_command_exits_0(fresh_cli: Run, command: list[str]) -> None:
+    out = ok(fresh_cli(*command, "--help"))
     assert out.startswith("usage: ledger")

@@ -154,7 +154,7 @@ async def host_status(client: LedgerClient, host: str, cpu: int, agent: AgentPro
     async def probe() -> dict[str, Any] | None:
         assert agent.process is None or agent.process.poll() is None, agent.log()
         try:
-            status = await client.status(host=host)
+            status = (await client.status(host=host)).to_dict()
         except UnknownHost:
             return None
         return status if status["cpu"]["capacity"] == cpu else None
@@ -247,7 +247,7 @@ async def test_a_change_found_by_discovery_is_published_within_the_interval_and_
         edited.replace(meminfo)  # at once: a check must never read half a file
 
         async def memory_changed() -> bool | None:
-            status = await client.status(host=host)
+            status = (await client.status(host=host)).to_dict()
             return True if status["memory"]["capacity"] == 16 * 2**30 else None
 
         await eventually(memory_changed, "the new memory size")

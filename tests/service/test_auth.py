@@ -48,7 +48,7 @@ async def test_serve_with_credentials_and_a_client_without(
     async with await LedgerClient.connect(server.url, settings, reconnect_forever=False) as client:
         assert await client.hosts() == [host]
         grant = await client.validate(vcpus=1)
-        assert (await client.release(grant.reservation_id))["status"] == "released"
+        assert (await client.release(grant.reservation_id)).status == "released"
 
     # NATS itself refuses a client without (or with wrong) credentials; a service's connect, which retries
     # an unreachable server for seconds, gives up at once and says what to check
@@ -60,10 +60,10 @@ async def test_serve_with_credentials_and_a_client_without(
         assert time.monotonic() - started < 2.0
         assert "wrong" not in str(refused.value)
 
-    # the CLI: refused without credentials (exit 5, no traceback), answered with them
+    # the CLI: refused without credentials (exit 6, unavailable; no traceback), answered with them
     cli_env = {**base_env(), "LEDGER_DATA_DIR": str(tmp_path / "cli")}
     done = await asyncio.to_thread(run_cli, "status", "--json", "--nats-url", server.url, env=cli_env)
-    assert done.returncode == 5 and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 6 and "Traceback" not in done.stderr, done.stderr
     done = await asyncio.to_thread(
         run_cli, "status", "--json", "--nats-url", server.url, env={**cli_env, **credentials}
     )

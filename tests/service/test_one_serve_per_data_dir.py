@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.cli.common import EXIT_UNAVAILABLE
+from ledger.cli.exits import EXIT_ALREADY_RUNNING
 from ledger.client import LedgerClient
 from tests.service.conftest import ServeFactory
 from tests.service.helpers import ServeProcess, serve_env, unique
@@ -22,7 +22,7 @@ async def test_a_second_serve_on_one_data_dir_is_refused(serve_factory: ServeFac
 
     second = ServeProcess(tmp_path / "second", env)  # its own log dir; LEDGER_DATA_DIR is the first's
     try:
-        with pytest.raises(AssertionError, match=f"ledger serve exited with {EXIT_UNAVAILABLE}"):
+        with pytest.raises(AssertionError, match=f"ledger serve exited with {EXIT_ALREADY_RUNNING}"):
             second.start(timeout=60)
     finally:
         second.kill()  # if it did start (the lock failed), it and its nats-server go

@@ -127,7 +127,7 @@ async def _register_host(url: str, host: str) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + 20.0
         while True:
             try:
-                status = await client.status(host=host)
+                status = (await client.status(host=host)).to_dict()
             except UnknownHost:
                 if asyncio.get_running_loop().time() > deadline:
                     raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ async def _wait_status(
 ) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        status = await client.status()
+        status = (await client.status()).to_dict()
         if predicate(status):
             return status
         if asyncio.get_running_loop().time() > deadline:
@@ -84,7 +85,7 @@ async def test_every_endpoint_events_and_core_agree(  # noqa: PLR0915 - one stor
         assert await client.hosts() == [host]
 
         # status before anything: the configured capacities and the default ratios
-        status = await client.status()
+        status = (await client.status()).to_dict()
         cpu = status["cpu"]
         assert status["host"] == host
         assert (cpu["capacity"], cpu["effective_limit"], cpu["oversub_ratio"]) == (8, 32, 4.0)
@@ -93,8 +94,8 @@ async def test_every_endpoint_events_and_core_agree(  # noqa: PLR0915 - one stor
         assert status["disk"]["capacity"] == 100 * GB
         assert status["network"]["capacity"] == 125_000_000
         assert status["allocations"] == []
-        one = await client.status(resource="cpu")
-        assert one == {"host": host, **cpu}
+        one = (await client.status(resource="cpu")).to_dict()
+        assert one == cpu
 
         # validate = reserve; idempotent replays; a different request under the same key conflicts
         a = await client.validate(vcpus=2, memory_bytes=GIB, disk_bytes=10 * GB, idempotency_key="vm-a")
@@ -106,14 +107,14 @@ async def test_every_endpoint_events_and_core_agree(  # noqa: PLR0915 - one stor
         assert conflict.value.details["reservation_id"] == a.reservation_id
         b = await client.validate(vcpus=3, memory_bytes=2 * GIB)
         c = await client.validate(vcpus=1, ttl_seconds=3600)
-        status = await client.status()
+        status = (await client.status()).to_dict()
         assert (status["cpu"]["allocated"], status["cpu"]["pending"]) == (0, 6)
         assert status["memory"]["pending"] == 3 * GIB and status["disk"]["pending"] == 10 * GB
 
         # release: once for real, again says how it ended; an unknown id is not_found
         released = await client.release(b.reservation_id)
-        assert released["status"] == "released" and released["reservation_id"] == b.reservation_id
-        assert (await client.release(b.reservation_id))["status"] == "released"
+        assert released.status == "released" and released.reservation_id == b.reservation_id
+        assert (await client.release(b.reservation_id)).status == "released"
         with pytest.raises(NotFound):
             await client.release("no-such-reservation")
         refusal_of(await raw(nc, "release", {"reservation_id": "nope"}), "not_found", "404")
@@ -122,7 +123,7 @@ async def test_every_endpoint_events_and_core_agree(  # noqa: PLR0915 - one stor
         assert await client.can_allocate("cpu", 29)
         assert not await client.can_allocate("cpu", 30)
         assert await client.can_allocate("memory", 15 * GIB)
-        defaults = await client.defaults(4)
+        defaults = asdict(await client.defaults(4))
         assert defaults == {
             "host": host,
             "vcpus": 4,
@@ -132,7 +133,7 @@ async def test_every_endpoint_events_and_core_agree(  # noqa: PLR0915 - one stor
             "disk_io_burst_bps": 2_000_000_000,
         }
         pull = await client.image_pull_check()
-        assert pull["image_storage_bytes"] == 0 and pull["max_image_storage_bytes"] == 20 * GB
+        assert pull.image_storage_bytes == 0 and pull.max_image_storage_bytes == 20 * GB
 
         # lifecycle events: an instance consuming reservation a, another without one, an image
         events = [
@@ -177,7 +178,7 @@ async def test_every_endpoint_events_and_core_agree(  # noqa: PLR0915 - one stor
         assert (status["memory"]["allocated"], status["memory"]["pending"]) == (3 * GIB, 0)
         assert status["disk"]["pending"] == 0
         assert status["disk"]["allocated"] == 12 * GB  # i-a's 10 GB of overlays + the 2 GB image
-        assert (await client.image_pull_check())["image_storage_bytes"] == 2 * GB
+        assert (await client.image_pull_check()).image_storage_bytes == 2 * GB
 
         # a refusal through the client and on the wire: seed-style message, structured fields, headers
         with pytest.raises(InsufficientResources) as refused:
@@ -220,9 +221,9 @@ async def test_every_endpoint_events_and_core_agree(  # noqa: PLR0915 - one stor
         assert counts["validate"] >= 6 and counts["status"] >= 4 and counts["release"] >= 4
         assert all(e["num_errors"] == 0 for e in stats["endpoints"])  # refusals are answers, not errors
 
-        last = await client.status()
-        last_defaults = await client.defaults(3)
-        last_pull = await client.image_pull_check()
+        last = (await client.status()).to_dict()
+        last_defaults = asdict(await client.defaults(3))
+        last_pull = asdict(await client.image_pull_check())
     finally:
         await client.close()
 
@@ -295,7 +296,7 @@ async def test_cli_goes_through_the_service(serve_factory: ServeFactory, tmp_pat
     assert status["host"] == host and (status["cpu"]["pending"], status["memory"]["pending"]) == (2, GIB)
 
     async with await LedgerClient.connect(url, reconnect_forever=False) as client:
-        assert await client.status(host=host) == status
+        assert (await client.status(host=host)).to_dict() == status
 
     done = await asyncio.to_thread(run_cli, "release", grant["reservation_id"], "--nats-url", url, env=env)
     assert done.returncode == 0, done.stderr
@@ -319,13 +320,13 @@ async def test_cli_goes_through_the_service(serve_factory: ServeFactory, tmp_pat
 async def test_a_client_fails_fast_when_no_service_answers(
     serve_factory: ServeFactory, tmp_path: Path
 ) -> None:
-    """After serve stops, its NATS is gone too: the CLI says unavailable (exit 5), no traceback."""
+    """After serve stops, its NATS is gone too: the CLI says unavailable (exit 6), no traceback."""
     data_dir = tmp_path / "data"
     serve = await asyncio.to_thread(serve_factory, data_dir, serve_env(data_dir, unique("gone")))
     url = serve.nats_url
     assert await asyncio.to_thread(serve.stop) == 0
     done = await asyncio.to_thread(run_cli, "status", "--nats-url", url, env=base_env())
-    assert done.returncode == 5, (done.stdout, done.stderr)
+    assert done.returncode == 6, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     with pytest.raises((NoServersError, OSError)):
         await nats.connect(url, connect_timeout=1, max_reconnect_attempts=1, allow_reconnect=False)

@@ -147,5 +147,7 @@ def test_details_cannot_overwrite_ok_code_or_message() -> None:
     message=any_text, details=st.dictionaries(any_text, any_text | st.integers() | st.floats(), max_size=3)
 )
 def test_any_text_can_be_sent(message: str, details: dict[str, Any]) -> None:
-    _, _, reply = sent(InvalidRequest(message or "m", **details))
+    error = InvalidRequest(message or "m")
+    error.details.update(details)  # any keys, even `message` (which a keyword argument cannot carry)
+    _, _, reply = sent(error)
     assert reply["code"] == "invalid_request"
