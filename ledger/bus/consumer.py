@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from ledger.bus.jetstream import DURABLE, STREAM, ensure_consumer, ensure_stream, stream_config
-from ledger.core.errors import LedgerError, Unavailable
+from ledger.core.errors import LedgerError, TransientConflict, Unavailable
 from ledger.core.results import ApplyResult
 from ledger.events.apply import apply_event, apply_events
 from ledger.events.contract import Event, InvalidEvent, parse_event
@@ -33,6 +34,8 @@ log = logging.getLogger("ledger.events")
 APPLIED_SUBJECT = "ledger.applied"  # outcomes are announced here (core NATS) for `ledger events tail`
 DEAD_LETTERED = "dead_letter"
 RETRY = "retry"
+CONFLICT = "conflict"
+CONFLICT_DELAY_S = 0.05
 LAG_TIMEOUT_S = 2.0
 
 
@@ -109,6 +112,8 @@ class EventConsumer:
         self.replicas = replicas  # of the stream, which this consumer's service owns (ensure_stream)
         self._sub: JetStreamContext.PullSubscription | None = None
         self.handled = 0
+        self.conflicts = 0  # batches a concurrent transaction made the database roll back
+        self._returned = RETRY  # how the last batch handed back whole counts in the metrics
         self.applying = False  # a batch is being applied on a thread
         self.running = False  # the fetch loop is running
         self.fetch_error: str | None = None  # why the last fetch failed (None: it worked, or found nothing)
@@ -175,15 +180,23 @@ class EventConsumer:
         finally:
             self.applying = False
         if self.metrics is not None:
-            # no outcomes: the database was unavailable and the whole batch went back for redelivery
-            handled = [o.outcome for o in outcomes] if outcomes else [RETRY] * len(msgs)
+            # no outcomes: the whole batch went back for redelivery (a conflict, or the database unavailable)
+            handled = [o.outcome for o in outcomes] if outcomes else [self._returned] * len(msgs)
             self.metrics.batch(time.perf_counter() - started, handled)
         return outcomes
 
     async def _process(self, msgs: list[Msg]) -> list[Outcome]:
         deliveries = [self._parse(msg) for msg in msgs]
+        self._returned = RETRY
         try:
             outcomes = await asyncio.to_thread(self._apply_batch, deliveries)
+        except TransientConflict as exc:  # e.g. another replica's batch: nothing written, try again soon
+            self._returned = CONFLICT
+            self.conflicts += 1
+            log.info("batch of %d events conflicted and is retried: %s", len(msgs), exc.message)
+            delay = CONFLICT_DELAY_S * (1 + random.random())  # apart, so the two do not meet again
+            await asyncio.gather(*(self._settle(m.nak, delay=delay) for m in msgs))
+            return []
         except Unavailable as exc:
             log.warning("database unavailable (%s): %d events will be redelivered", exc.message, len(msgs))
             await asyncio.gather(*(self._settle(m.nak, delay=self.nak_delay) for m in msgs))

@@ -50,6 +50,11 @@ class Unavailable(LedgerError):
     code = "unavailable"
 
 
+class TransientConflict(Unavailable):
+    """A concurrent transaction conflicted with this one (PostgreSQL detected a deadlock, or could not
+    serialise them) and the database rolled it back; nothing was written, and running it again succeeds."""
+
+
 class InsufficientResources(LedgerError):
     """The host does not have enough of a resource left."""
 

@@ -9,8 +9,9 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # applied | stale | duplicate | dead_letter are the consumer's outcomes; retry: naked for redelivery because
-# the database was unavailable
-OUTCOMES = ("applied", "stale", "duplicate", "dead_letter", "retry")
+# the database was unavailable; conflict: naked because a concurrent transaction conflicted (a deadlock
+# another replica's batch was part of), which is no outage
+OUTCOMES = ("applied", "stale", "duplicate", "dead_letter", "retry", "conflict")
 # one event applies in well under a millisecond; a batch of 128 on PostgreSQL in tens of milliseconds
 BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -22,7 +23,8 @@ class EventMetrics:
         self._events = Counter(
             "ledger_events",
             "Lifecycle events this process handled, by outcome (applied, stale, duplicate, dead_letter; "
-            "retry: handed back for redelivery because the database was unavailable)",
+            "retry: handed back for redelivery because the database was unavailable; conflict: handed back "
+            "because a concurrent transaction conflicted)",
             ["outcome"],
             registry=registry,
         )

@@ -15,6 +15,7 @@ write transaction would) without being marked expired.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import PoolProxiedConnection
 
-from ledger.core.errors import Unavailable
+from ledger.core.errors import TransientConflict, Unavailable
 from ledger.core.results import HELD
 from ledger.store.engine import READ_ONLY, is_read_only
 from ledger.store.rows import HOLD_AMOUNTS
@@ -35,6 +36,8 @@ from ledger.store.sql import Sql
 from ledger.store.tx import LockedHost, Statements, Tx
 
 T = TypeVar("T")
+log = logging.getLogger("ledger.store")
+CONFLICT_ATTEMPTS = 3
 
 
 class ReadOnlyError(RuntimeError):
@@ -95,7 +98,7 @@ class Database:
                 finally:
                     cursor.close()
         except self._driver_errors as exc:
-            raise Unavailable(f"database unavailable: {_reason(exc)}") from exc
+            raise _unavailable(exc) from exc
         self._committed(tx)
 
     @contextmanager
@@ -118,8 +121,22 @@ class Database:
             if _refused_write(exc):  # a bug: the caller should have opened the ledger for writing
                 raise ReadOnlyError(f"the ledger was opened read-only: {_reason(exc)}") from exc
             if isinstance(exc, self._driver_errors):
-                raise Unavailable(f"database unavailable: {_reason(exc)}") from exc
+                raise _unavailable(exc) from exc
             raise
+
+    def retrying(self, work: Callable[[Tx], T], attempts: int = CONFLICT_ATTEMPTS) -> T:
+        """`work` in a write transaction, run again (up to `attempts` times in all) when a concurrent
+        transaction made the database roll it back: a deadlock is a conflict to retry, not an outage.
+        Inside a batch the batch's transaction is spoiled, so there the conflict goes to its caller."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.transaction() as tx:
+                    return work(tx)
+            except TransientConflict:
+                if attempt == attempts or self.in_batch:
+                    raise
+                log.info("a transaction conflicted with a concurrent one (attempt %d); retrying", attempt)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -128,7 +145,7 @@ class Database:
             with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
                 yield conn
         except self._driver_errors as exc:
-            raise Unavailable(f"database unavailable: {_reason(exc)}") from exc
+            raise _unavailable(exc) from exc
 
     @contextmanager
     def batch(self) -> Iterator[Tx]:
@@ -167,7 +184,7 @@ class Database:
             except BaseException as exc:
                 dbapi.rollback()
                 if isinstance(exc, sqlite3.OperationalError):
-                    raise Unavailable(f"database unavailable: {_reason(exc)}") from exc
+                    raise _unavailable(exc) from exc
                 raise
             finally:
                 cursor.close()
@@ -215,6 +232,19 @@ def _refused_write(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", None) or exc
     sqlite = str(getattr(orig, "sqlite_errorname", ""))
     return sqlite.startswith("SQLITE_READONLY") or getattr(orig, "sqlstate", "") == "25006"
+
+
+# PostgreSQL's "deadlock detected" and "could not serialize access": the transaction was rolled back because
+# of a concurrent one, not because the database is down
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    """The driver's error as the ledger reports it: a conflict to retry, or the database unavailable."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
+        return TransientConflict(f"conflicted with a concurrent transaction, rolled back: {_reason(exc)}")
+    return Unavailable(f"database unavailable: {_reason(exc)}")
 
 
 def _reason(exc: BaseException) -> str:

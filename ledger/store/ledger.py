@@ -148,8 +148,7 @@ class Ledger:
             answers = self.optimistic.admit(asks)
             if answers is not None:
                 return answers
-        with self.db.transaction() as tx:
-            return self.admission.admit(tx, asks)
+        return self.db.retrying(lambda tx: self.admission.admit(tx, asks))
 
     def try_reserve_many(self, asks: Sequence[HostAsk]) -> list[Answer] | None:
         """SQLite: `reserve_many` right here when the write lock is free (a few local statements, cheaper

@@ -98,8 +98,7 @@ class Placer:
         return None if found is None else str(found)
 
     def _on(self, host: str, ask: Ask) -> Answer:
-        with self.db.transaction() as tx:
-            return self.admission.admit(tx, [(host, ask)], fleet_keys=True)[0]
+        return self.db.retrying(lambda tx: self.admission.admit(tx, [(host, ask)], fleet_keys=True)[0])
 
 
 def _refusal(search: Search, taken: int) -> LedgerError:
