@@ -179,6 +179,7 @@ def _resource_status(reply: Mapping[str, Any]) -> ResourceStatus:
         oversub_ratio=float(reply["oversub_ratio"]),
         source=Source(reply["source"]),
         hint=reply.get("hint"),
+        used=None if reply.get("used") is None else float(reply["used"]),
     )
 
 

@@ -20,6 +20,7 @@ from ledger.discovery import HostCapacities, discover
 from ledger.store.engine import describe, make_engine
 from ledger.store.ledger import Ledger
 from ledger.store.migrate import require_current
+from ledger.store.tx import unknown_host
 
 T = TypeVar("T")
 HOSTS_LISTED = 20  # at most this many known hosts named when the local one is missing
@@ -88,8 +89,12 @@ def target_host(ledger: Ledger, settings: Settings, host_id: str | None) -> str:
     """The host a command is about: `host_id`, else this host, which must be registered already (no
     command but `ledger host refresh` and `ledger serve` registers one). UnknownHost names the hosts the
     database has and how to register this one."""
-    if host_id is not None or ledger.is_registered(settings.host_id):
-        return host_id or settings.host_id
+    if host_id is not None:
+        if not ledger.is_registered(host_id):
+            raise unknown_host(host_id)
+        return host_id
+    if ledger.is_registered(settings.host_id):
+        return settings.host_id
     known = ledger.host_ids()
     shown = ", ".join(known[:HOSTS_LISTED]) + (
         f" and {len(known) - HOSTS_LISTED} more" if len(known) > HOSTS_LISTED else ""

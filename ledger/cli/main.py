@@ -36,6 +36,7 @@ from ledger.cli import (
     reserve,
     serve,
     status,
+    usage,
 )
 from ledger.cli.common import add_common_flags, error, mask_urls, settings_from_args
 from ledger.cli.exits import (
@@ -63,6 +64,8 @@ COMMANDS: tuple[Register, ...] = (
     discover.register,
     host.register,
     status.register,
+    usage.register_top,
+    usage.register_advise,
     reserve.register_validate,
     reserve.register_release,
     fleet.register_fit,

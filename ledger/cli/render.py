@@ -14,15 +14,20 @@ BAR_WIDTH = 24
 FLEET_BAR_WIDTH = 10  # one bar per resource on a host's line
 
 
-def usage_bar(used: int, pending: int, limit: int, width: int = BAR_WIDTH) -> str:
-    """`[#####++.....]  42%`: # allocated, + pending reservations, . free (of the effective limit)."""
+def usage_bar(
+    used: int, pending: int, limit: int, width: int = BAR_WIDTH, really_used: float | None = None
+) -> str:
+    """`[==###++.....]  42%`: # allocated (= the part of it the VMs really use, when sampled), + pending
+    reservations, . free (of the effective limit); the percentage is allocated plus pending."""
     if limit <= 0:
         return "[" + "?" * width + "]   n/a"
     used_cells = min(width, round(width * used / limit))
     pending_cells = min(width - used_cells, round(width * pending / limit))
     free_cells = width - used_cells - pending_cells
+    really = 0 if really_used is None else min(used_cells, round(width * really_used / limit))
     percent = 100 * (used + pending) / limit
-    return f"[{'#' * used_cells}{'+' * pending_cells}{'.' * free_cells}] {percent:4.0f}%"
+    allocated = "=" * really + "#" * (used_cells - really)
+    return f"[{allocated}{'+' * pending_cells}{'.' * free_cells}] {percent:4.0f}%"
 
 
 def _amount(resource: ResourceType, value: int) -> str:
@@ -86,17 +91,30 @@ def render_candidates(candidates: Mapping[str, Any], shortfalls: Shortfalls) -> 
     return "\n".join([*_columns(rows, right=1), footer + ("; " + ", ".join(reasons) if reasons else "")])
 
 
+def _used(resource: ResourceType, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if resource is ResourceType.CPU:
+        return f"{value:.1f}"
+    return _amount(resource, int(value))
+
+
 def render_status(status: dict[str, Any]) -> str:
+    """A host's status; a resource's `used` (what its VMs really use, from usage sampling; absent or None
+    when not sampled) is drawn in the bar and shown beside what is allocated."""
     lines = [f"host {status['host']}", ""]
-    header = f"{'resource':<9} {'usage (# allocated, + pending)':<{BAR_WIDTH + 8}}  {'allocated':>12} "
+    legend = "usage (= used, # allocated, + pending)"
+    header = f"{'resource':<9} {legend:<{BAR_WIDTH + 8}}  {'used':>10} {'allocated':>12} "
     header += f"{'pending':>12} {'available':>12} {'limit':>12}  {'ratio':>5}  source"
     lines.append(header)
     for resource in ResourceType:
         r = status[resource.value]
         allocated, pending = _amount(resource, r["allocated"]), _amount(resource, r["pending"])
         available, limit = _amount(resource, r["available"]), _amount(resource, r["effective_limit"])
+        really = r.get("used")
+        bar = usage_bar(r["allocated"], r["pending"], r["effective_limit"], really_used=really)
         lines.append(
-            f"{resource.value:<9} {usage_bar(r['allocated'], r['pending'], r['effective_limit'])}  "
+            f"{resource.value:<9} {bar}  {_used(resource, really):>10} "
             f"{allocated:>12} {pending:>12} {available:>12} {limit:>12}  {r['oversub_ratio']:>4.1f}x  "
             f"{r['source']}"
         )

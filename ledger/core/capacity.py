@@ -44,6 +44,7 @@ class ResourceStatus:
     oversub_ratio: float
     source: Source
     hint: str | None = None  # for `undetected`: the setting that fixes it (from discovery)
+    used: float | None = None  # what the VMs really use: the newest usage reports summed (none: unsampled)
 
     @classmethod
     def compute(
@@ -75,6 +76,8 @@ class ResourceStatus:
         data["source"] = self.source.value
         if self.hint is None:
             del data["hint"]  # only an undetected capacity has one
+        if self.used is None:
+            del data["used"]  # only a sampled resource has one
         return data
 
 

@@ -4,6 +4,7 @@ the host, so expired holds are swept before anything is counted."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
@@ -11,7 +12,7 @@ from sqlalchemy import bindparam, func, select
 from ledger.core import capacity as rules
 from ledger.core.capacity import ResourceStatus
 from ledger.core.charges import DefaultBandwidth
-from ledger.core.errors import InvalidRequest, UnknownHost
+from ledger.core.errors import InvalidRequest
 from ledger.core.host import DISK_IO, NETWORK
 from ledger.core.resources import RUNNING, ResourceType
 from ledger.core.results import (
@@ -26,7 +27,8 @@ from ledger.store.database import Database
 from ledger.store.hosts import Hosts
 from ledger.store.sql import hosts as hosts_table
 from ledger.store.sql import instances
-from ledger.store.tx import UNREGISTERED_HINT
+from ledger.store.tx import unknown_host
+from ledger.store.usage import read_host_used
 
 
 class Status:
@@ -88,9 +90,14 @@ class Status:
                 gpu["used_slots"] = max(host.totals["alloc_gpu"], host.gpu_busy)
                 gpu["pending_slots"] = host.totals["pend_gpu"]
             totals = host.totals
+            used = read_host_used(conn, host_id)
+            statuses = {
+                resource: replace(status, used=used[resource].latest) if resource in used else status
+                for resource, status in state.statuses().items()
+            }
             return FullStatus(
                 host_id=host_id,
-                resources=state.statuses(),
+                resources=statuses,
                 disk_breakdown=DiskBreakdown(
                     images_bytes=totals["images_bytes"],
                     oci_cache_bytes=totals["oci_cache_bytes"],
@@ -108,7 +115,7 @@ class Status:
         """The seed's InstanceUtilizationInfo list: the host's instances in state Running (a read)."""
         with self.db.read() as conn:
             if conn.execute(self._host_exists, {"host": host_id}).first() is None:
-                raise UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
+                raise unknown_host(host_id)
             return [
                 InstanceUtilizationInfo(
                     r.instance_id, r.name, r.hypervisor_pid, r.tap_device or "", r.vcpus, r.memory_bytes

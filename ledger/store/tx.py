@@ -43,6 +43,11 @@ HOST_COLUMNS = (
 UNREGISTERED_HINT = "host is not registered: run `ledger host refresh` on it, or publish host.capacity"
 
 
+def unknown_host(host_id: str) -> UnknownHost:
+    """The error every door gives for a host the database does not have."""
+    return UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
+
+
 @dataclass(slots=True)
 class LockedHost:
     """A host row as this transaction holds it locked; `totals` and `next_expiry` are current here."""
@@ -151,7 +156,7 @@ class Tx:
             self.cursor.execute(s.select_host, (host_id,))
             found = self.cursor.fetchone()
         if found is None:
-            raise UnknownHost(f"unknown host {host_id!r}: {UNREGISTERED_HINT}", host=host_id)
+            raise unknown_host(host_id)
         host = LockedHost.from_row(found, self.sql.read_time)
         self.hosts[host_id] = host
         self._sweep(host)

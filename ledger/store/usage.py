@@ -267,7 +267,7 @@ class UsageStore:
     def host_used(self, host_id: str) -> dict[ResourceType, UsedFigures]:
         """Per sampled resource: the host's newest reports summed, and the highest hourly p95 and max kept."""
         with self.db.read() as conn:
-            return _host_used(conn, host_id)
+            return read_host_used(conn, host_id)
 
 
 def _latest_figures(usage: InstanceUsage) -> dict[str, Any]:
@@ -293,7 +293,7 @@ def _summaries(series: Iterable[Any]) -> dict[str, Any]:
     return row
 
 
-def _host_used(conn: Connection, host_id: str) -> dict[ResourceType, UsedFigures]:
+def read_host_used(conn: Connection, host_id: str) -> dict[ResourceType, UsedFigures]:
     latest = conn.execute(select(usage_latest).where(usage_latest.c.host_id == host_id)).all()
     history = conn.execute(select(host_usage_hourly).where(host_usage_hourly.c.host_id == host_id)).all()
     reports = [usage for row in latest if (usage := usage_of(row)) is not None]

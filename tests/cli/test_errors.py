@@ -74,6 +74,8 @@ BAD_INPUT: dict[str, tuple[tuple[str, ...], int]] = {
     "ledger events dead-letters": (("events", "dead-letters", "show", "999"), EXIT_NOT_FOUND),
     "ledger db": (("db", "upgrade", "nope"), EXIT_USAGE),
     "ledger completion": (("completion", "fish"), EXIT_USAGE),
+    "ledger top": (("top", "--host", "no-such-host", "--once"), EXIT_NOT_FOUND),
+    "ledger advise": (("advise", "--days", "0"), EXIT_USAGE),
 }
 
 

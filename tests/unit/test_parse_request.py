@@ -112,6 +112,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "integer": (int,),
     "number": (int, float),
     "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
 }
 
 
