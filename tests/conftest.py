@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +95,20 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
     assert server.port != 4222
     yield server
     server.stop()
+
+
+# A process that keeps one core busy: a VM's hypervisor, as far as usage sampling can tell.
+BURN = "import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush()\nwhile True:\n    pass\n"
+
+
+@pytest.fixture
+def burner() -> Iterator[subprocess.Popen[str]]:
+    child = subprocess.Popen([sys.executable, "-c", BURN], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    yield child
+    child.kill()
+    child.wait()
+    child.stdout.close()
 
 
 @pytest.fixture

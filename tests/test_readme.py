@@ -47,6 +47,7 @@ def demo_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         LEDGER_DATA_DIR=str(tmp_path / "data"),
         LEDGER_HOST_ID=f"readme-{os.getpid()}",
         CPU_LIMIT="2",
+        LEDGER_METRICS_ADDR="127.0.0.1:0",  # any free port: parallel tests never fight over 9464
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
     serve = subprocess.Popen(

@@ -35,6 +35,7 @@ class Cli:
             LEDGER_HOST_ID=host_id,
             CPU_LIMIT="4",
             NETWORK_LIMIT="10Gbps",
+            LEDGER_METRICS_ADDR="127.0.0.1:0",  # any free port: parallel tests never fight over 9464
             TMPDIR=str(data_dir.parent / "tmp"),  # where an internal error's traceback file goes
         )
         (data_dir.parent / "tmp").mkdir(exist_ok=True)

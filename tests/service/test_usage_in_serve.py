@@ -55,7 +55,7 @@ async def test_serve_samples_a_running_vm_and_stores_its_usage(
                 break
             assert asyncio.get_running_loop().time() < deadline, serve.log()
             await asyncio.sleep(0.2)
-        assert latest["cpu_vcpus"] > 0.3 and latest["memory_rss_bytes"] > 0
+        assert latest["cpu_vcpus"] > 0 and latest["memory_rss_bytes"] > 0  # how much: test_sampler.py
         assert latest["unmeasured_reason"] is None
     finally:
         ledger.close()
