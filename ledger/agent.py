@@ -14,8 +14,13 @@ exponential backoff, 0.5 s doubling to 30 s, logging one line when NATS goes dow
 A snapshot that could not be published waits, with its event id and version, and goes out once NATS is
 back (unless a newer one replaced it). SIGTERM or SIGINT lets a publish in flight finish, then exits 0.
 
+Usage. Every `usage_interval` the agent asks the ledger (`ledger.v1.running_instances`, over NATS) which
+of this host's instances are Running, samples them and publishes the report on `ledger.usage.<host>`
+(docs/usage.md); a round without NATS or without an answer is skipped with one log line.
+
 Metrics and health (docs/metrics.md) on LEDGER_METRICS_ADDR: publishes, discoveries, NATS connected, a
-snapshot waiting; /readyz is ready while the agent is connected to NATS with JetStream.
+snapshot waiting, the newest usage sample; /readyz is ready while the agent is connected to NATS with
+JetStream.
 """
 
 from __future__ import annotations
@@ -41,16 +46,21 @@ from nats.js import JetStreamContext
 from ledger.bus.connect import connect
 from ledger.bus.jetstream import ensure_stream, stream_config
 from ledger.bus.publisher import publish_event
+from ledger.client import LedgerClient
 from ledger.config import Settings, mask_url
 from ledger.core.errors import ConfigError, LedgerError, Unavailable
 from ledger.core.resources import ResourceType
+from ledger.core.results import InstanceUtilizationInfo
 from ledger.discovery import discover
 from ledger.events import make_event
 from ledger.observe.agent import AgentMetrics
 from ledger.observe.health import Readiness
 from ledger.observe.observer import Observer
 from ledger.observe.registry import new_registry
+from ledger.observe.usage import SampledUsage
 from ledger.serve import running_nats_url
+from ledger.usage.reporting import SamplingLoop
+from ledger.usage.sampler import Sampler
 
 log = logging.getLogger("ledger.agent")
 
@@ -210,6 +220,10 @@ class Agent:
         )
         observer.readiness.add("nats", self._nats_health)
         observer.readiness.add("agent", lambda: "stopping" if self._stopping else None)
+        self.sampling = SamplingLoop(
+            self._jetstream, Sampler(settings.host_id), self._running_instances, settings.usage_interval
+        )
+        observer.registry.register(SampledUsage(lambda: self.sampling.last_report))
 
     # ---- running ------------------------------------------------------------------------------------
 
@@ -225,6 +239,8 @@ class Agent:
             mask_url(self.url),
             extra={"interval_s": self.settings.agent_interval, "root": str(self._root)},
         )
+        stop_sampling = asyncio.Event()
+        sampling = asyncio.create_task(self.sampling.run(stop_sampling))
         try:
             await self._discover("start", always=True)
             next_check = loop.time() + self.settings.agent_interval
@@ -244,6 +260,8 @@ class Agent:
                 retry = self._retry_at if self._retry_at > now else math.inf
                 await self._sleep_until(min(next_check, now + LIVENESS_S, retry))
         finally:
+            stop_sampling.set()
+            await sampling
             await self._disconnect()
         log.info("stopped", extra={"host": self.settings.host_id})
         return 0
@@ -304,6 +322,19 @@ class Agent:
             )
         self.settings = dataclasses.replace(fresh, **{key: getattr(self.settings, key) for key in fixed})
         log.info("configuration reloaded")
+
+    # ---- usage --------------------------------------------------------------------------------------
+
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise Unavailable(f"not connected to NATS at {mask_url(self.url)}")
+        return self._js
+
+    async def _running_instances(self) -> list[InstanceUtilizationInfo]:
+        """This host's Running instances, as the ledger knows them (the agent has no database)."""
+        if self._nc is None or self._js is None:
+            raise Unavailable(f"not connected to NATS at {mask_url(self.url)}")
+        return await LedgerClient(self._nc).running_instances(self.settings.host_id)
 
     # ---- NATS ---------------------------------------------------------------------------------------
 

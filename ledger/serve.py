@@ -125,8 +125,9 @@ async def _usage_jobs(
     if not settings.serve_samples_usage:
         return [ingest]
     host = settings.host_id
+    js = nc.jetstream()
     sampling = SamplingLoop(
-        nc.jetstream(),
+        lambda: js,
         Sampler(host),
         lambda: asyncio.to_thread(ledger.running_instances, host),
         settings.usage_interval,

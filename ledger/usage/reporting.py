@@ -20,15 +20,19 @@ from ledger.usage.sampler import Sampler
 log = logging.getLogger("ledger.usage")
 
 RunningInstances = Callable[[], Awaitable[Sequence[InstanceUtilizationInfo]]]
+# The JetStream of the connection in use now; raises Unavailable while there is none (the agent reconnects
+# by itself, so its connection changes).
+CurrentJetStream = Callable[[], JetStreamContext]
 
 
 class SamplingLoop:
     """Samples and publishes every `interval_s` seconds until stopped."""
 
     def __init__(
-        self, js: JetStreamContext, sampler: Sampler, running: RunningInstances, interval_s: float
+        self, jetstream: CurrentJetStream, sampler: Sampler, running: RunningInstances, interval_s: float
     ) -> None:
-        self.js = js
+        self.jetstream = jetstream
+        self._stream_ready_on: JetStreamContext | None = None
         self.sampler = sampler
         self.running = running
         self.interval_s = interval_s
@@ -40,13 +44,9 @@ class SamplingLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        stream_ready = False
         while not stop.is_set():
             started = loop.time()
             try:
-                if not stream_ready:
-                    await ensure_usage_stream(self.js, owner=False)  # `ledger serve` sets its replicas
-                    stream_ready = True
                 await self.round()
                 self._fine()
             except LedgerError as exc:
@@ -59,10 +59,14 @@ class SamplingLoop:
 
     async def round(self) -> None:
         """One sample of every Running instance, published."""
+        js = self.jetstream()
+        if js is not self._stream_ready_on:
+            await ensure_usage_stream(js, owner=False)  # `ledger serve` sets its replicas
+            self._stream_ready_on = js
         instances = await self.running()
         report = await asyncio.to_thread(self.sampler.sample, instances, self.interval_s)
         self.last_report = report
-        await publish_report(self.js, report)
+        await publish_report(js, report)
         self.published += 1
         self.instances_measured += len(report.instances)
         self.instances_unmeasured += len(report.unmeasured)

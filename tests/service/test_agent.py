@@ -29,6 +29,8 @@ from ledger.cli.main import main
 from ledger.client import LedgerClient
 from ledger.config import ENV_NAMES
 from ledger.core.errors import ConfigError, UnknownHost
+from ledger.core.resources import ResourceType
+from ledger.events import make_event
 from tests.hosttree import materialize_host_tree
 from tests.service.helpers import REPO, ServeProcess, base_env, serve_env, unique
 
@@ -252,6 +254,28 @@ async def test_a_change_found_by_discovery_is_published_within_the_interval_and_
 
         await eventually(memory_changed, "the new memory size")
     assert agent.log().count("published host.capacity") == 2, agent.log()
+
+
+async def test_the_agent_samples_its_running_instances_and_the_ledger_shows_what_they_use(
+    serve: ServeProcess, agent_factory: AgentFactory, tmp_path: Path, burner: subprocess.Popen[str]
+) -> None:
+    """The agent has no database: it asks the ledger which instances run here, samples their hypervisors
+    and publishes the report; the ledger's status then carries what they really use."""
+    host = unique("agent")
+    config = write_config(tmp_path / "agent.toml", cpu=6)
+    env = agent_env(tmp_path / "data", host, serve.nats_url, LEDGER_USAGE_INTERVAL="0.5")
+    agent = agent_factory(tmp_path / "data", env, "--root", str(cpu_vm(tmp_path)), "--config", str(config))
+    async with await LedgerClient.connect(serve.nats_url) as client:
+        await host_status(client, host, 6, agent)
+        record = {"id": "vm-1", "state": "Running", "vcpus": 2, "hypervisor_pid": burner.pid}
+        await client.publish_event(make_event("instance.created", host, record, 1))
+
+        async def cpu_used() -> float | None:
+            return (await client.status(host=host)).resources[ResourceType.CPU].used
+
+        used = await eventually(cpu_used, f"a usage sample of vm-1\n{agent.log()}", timeout=30)
+    assert used > 0  # how much is test_sampler.py's question
+    assert "usage sampling skipped" not in agent.log() or "usage sampling is back" in agent.log()
 
 
 # ---- NATS down and back -----------------------------------------------------------------------------------
