@@ -43,6 +43,7 @@ from ledger.bus.protocol import PREFIX
 from ledger.bus.publisher import publish_event
 from ledger.config import Settings, load_settings, mask_url
 from ledger.core.capacity import ResourceStatus
+from ledger.core.charges import Charge
 from ledger.core.errors import (
     ConfigError,
     Conflict,
@@ -229,6 +230,22 @@ def _reservation_info(reply: Mapping[str, Any]) -> ReservationInfo:
         expires_at=datetime.fromisoformat(reply["expires_at"]),
         ended_at=datetime.fromisoformat(ended) if ended else None,
         instance_id=reply.get("instance_id"),
+        idempotency_key=reply.get("idempotency_key"),
+        charge=_charge(reply["charged"], reply.get("defaulted") or ()) if reply.get("charged") else None,
+    )
+
+
+def _charge(charged: Mapping[str, Any], defaulted: Sequence[str]) -> Charge:
+    return Charge(
+        vcpus=int(charged["vcpus"]),
+        memory_bytes=int(charged["memory_bytes"]),
+        disk_bytes=int(charged["disk_bytes"]),
+        network_download_bps=int(charged["network_download_bps"]),
+        network_upload_bps=int(charged["network_upload_bps"]),
+        disk_io_bps=int(charged["disk_io_bps"]),
+        gpu=int(charged["gpu"]),
+        gpu_profile=None,
+        defaulted=tuple(defaulted),
     )
 
 
@@ -476,6 +493,18 @@ class LedgerClient:
             },
         )
         return _reservation(reply)
+
+    async def reservation(
+        self,
+        reservation_id: str | None = None,
+        *,
+        host: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ReservationInfo:
+        """A reservation as it is now, by id, or by the idempotency key it was made with on `host` (default:
+        the answering service's host). NotFound when there is none."""
+        body = {"reservation_id": reservation_id, "host": host, "idempotency_key": idempotency_key}
+        return _reservation_info(await self.call("reservation", body))
 
     async def release(self, reservation_id: str) -> ReservationInfo:
         """Give a held reservation back; one that already ended is left alone, and `status` says how it

@@ -68,6 +68,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "candidates": {**_AMOUNTS, **_SEARCH, "limit": _INT},
     "place": {**_AMOUNTS, **_SEARCH, "attempts": _INT, "idempotency_key": _STR, "ttl_seconds": _NUM},
     "running_instances": {"host": _STR},
+    "reservation": {"reservation_id": _STR, "host": _STR, "idempotency_key": _STR},
 }
 REQUIRED: dict[str, frozenset[str]] = {
     "release": frozenset({"reservation_id"}),
@@ -289,3 +290,16 @@ def _text(value: Any) -> str:
     except Exception:  # a __str__ that fails must not stop the reply
         return type(value).__name__
     return type(value).__name__ if text == object.__repr__(value) else escape_text(text)
+
+
+def reservation_lookup(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """`reservation`'s (reservation_id, idempotency_key): exactly one of them is given."""
+    by_id, key = body.get("reservation_id"), body.get("idempotency_key")
+    if by_id is not None and key is not None:
+        raise InvalidRequest("give reservation_id or idempotency_key, not both", field="idempotency_key")
+    if by_id is None and key is None:
+        raise InvalidRequest(
+            "reservation_id is required, or idempotency_key (with host; default: this service's host)",
+            field="reservation_id",
+        )
+    return by_id, key

@@ -36,6 +36,7 @@ from ledger.bus.protocol import (
     grant_reply,
     ok,
     parse_request,
+    reservation_lookup,
     resource_field,
 )
 from ledger.core.capacity import check_amount
@@ -111,6 +112,7 @@ class LedgerService:
             "candidates": self._candidates,
             "running_instances": self._running_instances,
             "place": self._place,
+            "reservation": self._reservation,
         }
         assert {*self._handlers, "validate"} == set(ENDPOINTS)
 
@@ -320,6 +322,13 @@ class LedgerService:
 
     def _release(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.ledger.release(body["reservation_id"]).to_dict()
+
+    def _reservation(self, body: dict[str, Any]) -> dict[str, Any]:
+        by_id, key = reservation_lookup(body)
+        if by_id is not None:
+            return self.ledger.reservation(by_id).to_dict()
+        assert key is not None
+        return self.ledger.reservation_by_key(self._host(body), key).to_dict()
 
     def _status(self, body: dict[str, Any]) -> dict[str, Any]:
         host = self._host(body)

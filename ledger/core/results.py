@@ -49,9 +49,11 @@ class ReservationInfo:
     expires_at: datetime
     ended_at: datetime | None
     instance_id: str | None
+    idempotency_key: str | None = None
+    charge: Charge | None = None  # what it holds (held) or held (ended), bandwidth defaults filled in
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "reservation_id": self.reservation_id,
             "host": self.host_id,
             "status": self.status,
@@ -59,7 +61,12 @@ class ReservationInfo:
             "expires_at": self.expires_at.isoformat(),
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
             "instance_id": self.instance_id,
+            "idempotency_key": self.idempotency_key,
         }
+        if self.charge is not None:
+            data["charged"] = self.charge.to_dict()
+            data["defaulted"] = list(self.charge.defaulted)
+        return data
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,6 +204,9 @@ class Ledger:
     def reservation(self, reservation_id: str) -> ReservationInfo:
         return self.reservations.find(reservation_id)
 
+    def reservation_by_key(self, host_id: str, idempotency_key: str) -> ReservationInfo:
+        return self.reservations.find_by_key(host_id, idempotency_key)
+
     def release(self, reservation_id: str) -> ReservationInfo:
         """Give a held reservation back; releasing one that already ended says how it ended."""
         return self.reservations.release(reservation_id)

@@ -6,16 +6,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ledger.core.admission import EarlierHold
 from ledger.core.charges import Charge
 from ledger.core.errors import InvalidRequest, NotFound
-from ledger.core.results import CONSUMED, HELD, RELEASED, ReservationInfo
+from ledger.core.results import CONSUMED, EXPIRED, HELD, RELEASED, ReservationInfo
 from ledger.store.database import Database
 from ledger.store.rows import HOLD_AMOUNTS
 from ledger.store.sql import Cursor, reservations
 from ledger.store.tx import LockedHost, Tx
+
+STATUSES = (HELD, CONSUMED, RELEASED, EXPIRED)
+DEFAULT_PAGE = 100
 
 _EARLIER = (
     "reservation_id",
@@ -71,6 +74,46 @@ class Reservations:
         with self.db.transaction() as tx:
             return _info(self._row(tx, reservation_id))
 
+    def find_by_key(self, host_id: str, idempotency_key: str) -> ReservationInfo:
+        """The reservation made on `host_id` under `idempotency_key` (NotFound when there is none)."""
+        query = select(reservations).where(
+            reservations.c.host_id == host_id, reservations.c.idempotency_key == idempotency_key
+        )
+        with self.db.read() as conn:
+            row = conn.execute(query).mappings().one_or_none()
+        if row is None:
+            raise NotFound(
+                f"no reservation on host {host_id!r} with idempotency_key {idempotency_key!r}",
+                host=host_id,
+                idempotency_key=idempotency_key,
+            )
+        return _info(row)
+
+    def listing(
+        self,
+        *,
+        host_id: str | None = None,
+        status: str | None = None,
+        limit: int = DEFAULT_PAGE,
+        after: str | None = None,
+    ) -> tuple[list[ReservationInfo], int]:
+        """A page of reservations in id order after `after`, and how many match in all (a read)."""
+        if status is not None and status not in STATUSES:
+            raise InvalidRequest(
+                f"status must be one of {', '.join(STATUSES)}, not {status!r}", field="status"
+            )
+        if limit < 1:
+            raise InvalidRequest("limit must be at least 1", field="limit")
+        where = [c for c in (_equal("host_id", host_id), _equal("status", status)) if c is not None]
+        page = select(reservations).where(*where).order_by(reservations.c.reservation_id).limit(limit)
+        if after is not None:
+            page = page.where(reservations.c.reservation_id > after)
+        count = select(func.count()).select_from(reservations).where(*where)
+        with self.db.read() as conn:
+            rows = conn.execute(page).mappings().all()
+            total = conn.execute(count).scalar_one()
+        return [_info(row) for row in rows], int(total)
+
     def release(self, reservation_id: str) -> ReservationInfo:
         """Give a held reservation back; releasing one that already ended says how it ended."""
         if not isinstance(reservation_id, str) or not reservation_id:
@@ -114,6 +157,10 @@ class Reservations:
         return row
 
 
+def _equal(column: str, value: str | None) -> Any:
+    return None if value is None else reservations.c[column] == value
+
+
 def _names(defaulted: str | None) -> tuple[str, ...]:
     return tuple(defaulted.split(",")) if defaulted else ()
 
@@ -127,4 +174,16 @@ def _info(row: Any) -> ReservationInfo:
         expires_at=row["expires_at"],
         ended_at=row["ended_at"],
         instance_id=row["instance_id"],
+        idempotency_key=row["idempotency_key"],
+        charge=Charge(
+            row["vcpus"],
+            row["memory_bytes"],
+            row["disk_bytes"],
+            row["network_download_bps"],
+            row["network_upload_bps"],
+            row["disk_io_bps"],
+            row["gpu"],
+            row["gpu_profile"],
+            _names(row["defaulted"]),
+        ),
     )

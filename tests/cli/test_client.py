@@ -20,7 +20,7 @@ from ledger.bus.service import LedgerService
 from ledger.client import BandwidthDefaults, ImagePullCheck, LedgerClient, nats_url_for
 from ledger.config import load_settings
 from ledger.core.capacity import ResourceStatus
-from ledger.core.errors import ConfigError, InsufficientResources, NotFound
+from ledger.core.errors import ConfigError, InsufficientResources, InvalidRequest, NotFound
 from ledger.core.records import InstanceRecord
 from ledger.core.resources import ResourceType, Source
 from ledger.core.results import FullStatus, InstanceUtilizationInfo, ReservationInfo
@@ -98,6 +98,28 @@ async def test_release_is_a_reservation_info(service: tuple[str, Ledger]) -> Non
     assert isinstance(released.created_at, datetime) and released.ended_at is not None
     assert released.instance_id is None
     assert again == released
+
+
+async def test_a_reservation_is_found_by_id_or_by_its_key_as_it_is_now(service: tuple[str, Ledger]) -> None:
+    url, ledger = service
+    async with await LedgerClient.connect(url) as client:
+        hold = await client.validate(vcpus=3, memory_bytes=GIB, idempotency_key="vm-7")
+        by_id = await client.reservation(hold.reservation_id)
+        by_key = await client.reservation(idempotency_key="vm-7", host=HOST)
+        await client.release(hold.reservation_id)
+        after = await client.reservation(idempotency_key="vm-7")
+        with pytest.raises(NotFound, match="no reservation on host 'typed' with idempotency_key 'vm-8'"):
+            await client.reservation(idempotency_key="vm-8")
+        with pytest.raises(InvalidRequest, match="not both"):
+            await client.reservation(hold.reservation_id, idempotency_key="vm-7")
+        with pytest.raises(InvalidRequest, match="reservation_id is required"):
+            await client.reservation()
+    assert by_id == by_key
+    assert after == ledger.reservation_by_key(HOST, "vm-7") == ledger.reservation(hold.reservation_id)
+    assert (by_id.status, by_id.idempotency_key, by_id.ended_at) == ("held", "vm-7", None)
+    assert by_id.charge is not None and (by_id.charge.vcpus, by_id.charge.memory_bytes) == (3, GIB)
+    assert by_id.charge.defaulted == ("network_download_bps", "network_upload_bps", "disk_io_bps")
+    assert (after.status, after.reservation_id) == ("released", hold.reservation_id)
 
 
 async def test_running_instances_are_instance_utilization_infos(service: tuple[str, Ledger]) -> None:

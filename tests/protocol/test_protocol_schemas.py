@@ -232,12 +232,20 @@ def assert_parse_agrees(endpoint: str, body: Any, *, expect_reject: bool, ranges
 
 
 def _range_checks(endpoint: str, body: dict[str, Any]) -> None:
-    from ledger.bus.protocol import SearchRequest, ValidateRequest, allocation_request, resource_field
+    from ledger.bus.protocol import (
+        SearchRequest,
+        ValidateRequest,
+        allocation_request,
+        reservation_lookup,
+        resource_field,
+    )
 
     if endpoint == "validate":
         ValidateRequest.from_body(body)
     if endpoint in {"status", "can_allocate"}:
         resource_field(body)
+    if endpoint == "reservation":
+        reservation_lookup(body)
     if endpoint in {"candidates", "place"}:
         allocation_request(body)
         count = "limit" if endpoint == "candidates" else "attempts"

@@ -45,6 +45,7 @@ ENDPOINTS = (
     "candidates",
     "place",
     "running_instances",
+    "reservation",
 )
 
 
