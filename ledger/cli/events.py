@@ -12,7 +12,7 @@ from typing import Any
 
 from ledger.cli.common import EXIT_OK, EXIT_USAGE, error, open_input_file, print_json, read_input_file
 from ledger.config import Settings, mask_url
-from ledger.core.errors import LedgerError
+from ledger.core.errors import InvalidRequest, LedgerError
 
 
 def register(subcommands: Any) -> list[argparse.ArgumentParser]:
@@ -52,6 +52,12 @@ def register(subcommands: Any) -> list[argparse.ArgumentParser]:
     )
     dead.add_argument("id", nargs="?", type=int, help="dead letter id (show, replay)")
     dead.add_argument("--all", action="store_true", help="list replayed ones too")
+    dead.add_argument(
+        "--limit", type=int, default=100, help="list at most this many, newest first (default 100)"
+    )
+    dead.add_argument(
+        "--after", type=int, default=None, metavar="ID", help="list the ones after (older than) this id"
+    )
     dead.add_argument("--payload", type=Path, help="replay this corrected payload instead of the stored one")
     dead.add_argument("--json", action="store_true", help="print JSON")
 
@@ -194,20 +200,30 @@ def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    if args.limit < 1:
+        raise InvalidRequest("--limit must be at least 1")
     from ledger.local import open_reader
 
     ledger = open_reader(settings)
     try:
-        letters = ledger.dead_letters(include_replayed=args.all)
+        letters = ledger.dead_letters(include_replayed=args.all, limit=args.limit, before=args.after)
+        total = ledger.dead_letter_count(include_replayed=args.all)
     finally:
         ledger.close()
+    following = letters[-1].id if len(letters) == args.limit else None
     if args.json:
-        print_json([d.to_dict() for d in letters])
-    elif not letters:
+        print_json({"total": total, "dead_letters": [d.to_dict() for d in letters], "next_after": following})
+        return EXIT_OK
+    if total == 0:
         print("no dead letters")
-    for d in [] if args.json else letters:
+        return EXIT_OK
+    which = "dead letters" if args.all else "dead letters not yet replayed"
+    print(f"{total} {which}" + (f"; these {len(letters)} after id {args.after}" if args.after else ""))
+    for d in letters:
         replayed = " (replayed)" if d.replayed_at else ""
         print(f"{d.id:>6}  seq {d.stream_seq}  {d.subject}  {d.reason}{replayed}")
+    if following is not None:
+        print(f"more: ledger events dead-letters --after {following}")
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ from ledger.core.resources import ResourceType
 
 # a reservation's status
 HELD, CONSUMED, RELEASED, EXPIRED = "held", "consumed", "released", "expired"
+RESERVATION_STATUSES = (HELD, CONSUMED, RELEASED, EXPIRED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, func, insert, select, update
 from sqlalchemy.dialects import postgresql
 
 from ledger.store.models import ConsumerPosition, DeadLetter, ProcessedEvent, utcnow
@@ -127,11 +127,23 @@ def record(
     return int(result.scalar_one())
 
 
-def listing(conn: Connection, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetterRecord]:
+def listing(
+    conn: Connection, *, include_replayed: bool = False, limit: int = 100, before: int | None = None
+) -> list[DeadLetterRecord]:
+    """Newest first: up to `limit` dead letters with an id below `before` (the last one of a page)."""
     query = select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
     if not include_replayed:
         query = query.where(dead_letters.c.replayed_at.is_(None))
+    if before is not None:
+        query = query.where(dead_letters.c.id < before)
     return [DeadLetterRecord(**row) for row in conn.execute(query).mappings()]
+
+
+def count(conn: Connection, *, include_replayed: bool = False) -> int:
+    query = select(func.count()).select_from(dead_letters)
+    if not include_replayed:
+        query = query.where(dead_letters.c.replayed_at.is_(None))
+    return int(conn.execute(query).scalar_one())
 
 
 def get(conn: Connection, dead_letter_id: int) -> DeadLetterRecord | None:

@@ -207,6 +207,17 @@ class Ledger:
     def reservation_by_key(self, host_id: str, idempotency_key: str) -> ReservationInfo:
         return self.reservations.find_by_key(host_id, idempotency_key)
 
+    def list_reservations(
+        self,
+        *,
+        host_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> tuple[list[ReservationInfo], int]:
+        """A page of reservations in id order after `after`, and how many match in all."""
+        return self.reservations.listing(host_id=host_id, status=status, limit=limit, after=after)
+
     def release(self, reservation_id: str) -> ReservationInfo:
         """Give a held reservation back; releasing one that already ended says how it ended."""
         return self.reservations.release(reservation_id)
@@ -355,10 +366,16 @@ class Ledger:
                 host_id=host_id,
             )
 
-    def dead_letters(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetterRecord]:
-        with self.db.transaction() as tx:
-            assert tx.conn is not None
-            return journal.listing(tx.conn, include_replayed=include_replayed, limit=limit)
+    def dead_letters(
+        self, *, include_replayed: bool = False, limit: int = 100, before: int | None = None
+    ) -> list[DeadLetterRecord]:
+        """Newest first, a page at a time: `before` is the last id of the page before."""
+        with self.db.read() as conn:
+            return journal.listing(conn, include_replayed=include_replayed, limit=limit, before=before)
+
+    def dead_letter_count(self, *, include_replayed: bool = False) -> int:
+        with self.db.read() as conn:
+            return journal.count(conn, include_replayed=include_replayed)
 
     def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord:
         with self.db.transaction() as tx:

@@ -11,13 +11,12 @@ from sqlalchemy import func, select
 from ledger.core.admission import EarlierHold
 from ledger.core.charges import Charge
 from ledger.core.errors import InvalidRequest, NotFound
-from ledger.core.results import CONSUMED, EXPIRED, HELD, RELEASED, ReservationInfo
+from ledger.core.results import CONSUMED, HELD, RELEASED, RESERVATION_STATUSES, ReservationInfo
 from ledger.store.database import Database
 from ledger.store.rows import HOLD_AMOUNTS
 from ledger.store.sql import Cursor, reservations
 from ledger.store.tx import LockedHost, Tx
 
-STATUSES = (HELD, CONSUMED, RELEASED, EXPIRED)
 DEFAULT_PAGE = 100
 
 _EARLIER = (
@@ -98,9 +97,9 @@ class Reservations:
         after: str | None = None,
     ) -> tuple[list[ReservationInfo], int]:
         """A page of reservations in id order after `after`, and how many match in all (a read)."""
-        if status is not None and status not in STATUSES:
+        if status is not None and status not in RESERVATION_STATUSES:
             raise InvalidRequest(
-                f"status must be one of {', '.join(STATUSES)}, not {status!r}", field="status"
+                f"status must be one of {', '.join(RESERVATION_STATUSES)}, not {status!r}", field="status"
             )
         if limit < 1:
             raise InvalidRequest("limit must be at least 1", field="limit")

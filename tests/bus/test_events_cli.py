@@ -134,7 +134,9 @@ async def test_dead_letters_list_show_and_replay_a_corrected_payload(
 
         listed = await asyncio.to_thread(_ledger, tmp_path, "events", "dead-letters", "list", "--json", *db)
         assert listed.returncode == 0, listed.stderr
-        [letter] = json.loads(listed.stdout)
+        page = json.loads(listed.stdout)
+        assert (page["total"], page["next_after"]) == (1, None)
+        [letter] = page["dead_letters"]
         assert letter["reason"] == "event.data: instance.vcpus cannot be negative, got -3"
         assert letter["subject"] == subject and letter["host"] == host and letter["stream_seq"] == 1
         text_list = await asyncio.to_thread(_ledger, tmp_path, "events", "dead-letters", "list", *db)

@@ -76,6 +76,7 @@ BAD_INPUT: dict[str, tuple[tuple[str, ...], int]] = {
     "ledger completion": (("completion", "fish"), EXIT_USAGE),
     "ledger top": (("top", "--host", "no-such-host", "--once"), EXIT_NOT_FOUND),
     "ledger advise": (("advise", "--days", "0"), EXIT_USAGE),
+    "ledger reservations": (("reservations", "--status", "lost"), EXIT_USAGE),
 }
 
 

@@ -4,6 +4,7 @@ the database), never create or migrate it, and never register a host; writers ke
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
 import uuid
@@ -30,6 +31,10 @@ READERS = (
     ("fit", "--vcpus", "1"),
     ("defaults", "--vcpus", "2"),
     ("image-pull-check",),
+    ("top", "--once"),
+    ("advise",),
+    ("reservations",),
+    ("reservations", "--key", "vm-1"),
     ("events", "dead-letters", "list"),
     ("events", "dead-letters", "show", "1"),
     ("db", "current"),
@@ -238,3 +243,55 @@ def test_postgresql_readers_say_what_is_missing(cli: Cli, pg_database_factory: o
     migrate.upgrade(empty)
     line = one_line_error(cli.run("status", "--database-url", empty), 4)
     assert "it has no hosts" in line
+
+
+def test_dead_letters_come_a_page_at_a_time_with_the_total(ready_cli: Cli) -> None:
+    ledger = Ledger.open(f"sqlite:///{ready_cli.db_path}", migrate=False)
+    try:
+        ids = [ledger.dead_letter(payload=b"{", reason=f"broken {n}") for n in range(5)]
+    finally:
+        ledger.close()
+
+    first = ready_cli.run("events", "dead-letters", "--limit", "2", "--json")
+    page = json.loads(first.stdout)
+    second = json.loads(
+        ready_cli.run(
+            "events", "dead-letters", "--limit", "2", "--after", str(page["next_after"]), "--json"
+        ).stdout
+    )
+    last = json.loads(
+        ready_cli.run(
+            "events", "dead-letters", "--limit", "2", "--after", str(second["next_after"]), "--json"
+        ).stdout
+    )
+    text = ready_cli.run("events", "dead-letters", "--limit", "2").stdout
+
+    newest_first = ids[::-1]
+    assert [d["id"] for d in page["dead_letters"]] == newest_first[:2] and page["total"] == 5
+    assert [d["id"] for d in second["dead_letters"]] == newest_first[2:4]
+    assert [d["id"] for d in last["dead_letters"]] == newest_first[4:] and last["next_after"] is None
+    assert text.splitlines()[0] == "5 dead letters not yet replayed"
+    assert text.splitlines()[-1] == f"more: ledger events dead-letters --after {newest_first[1]}"
+
+
+def test_reservations_are_looked_up_by_id_or_key_and_listed_a_page_at_a_time(ready_cli: Cli) -> None:
+    made = [ok(ready_cli.run("validate", "--vcpus", "1", "--key", f"vm-{n}")).strip() for n in range(3)]
+    ok(ready_cli.run("release", made[0]))
+
+    by_id = json.loads(ok(ready_cli.run("reservations", made[0], "--json")))
+    by_key = json.loads(ok(ready_cli.run("reservations", "--key", "vm-0", "--json")))
+    held = json.loads(ok(ready_cli.run("reservations", "--status", "held", "--limit", "1", "--json")))
+    rest = json.loads(
+        ok(ready_cli.run("reservations", "--status", "held", "--after", held["next_after"], "--json"))
+    )
+    text = ok(ready_cli.run("reservations", "--host", ready_cli.host_id))
+
+    assert by_id == by_key and (by_id["status"], by_id["idempotency_key"]) == ("released", "vm-0")
+    assert by_id["charged"]["vcpus"] == 1
+    assert held["total"] == 2 and [
+        r["reservation_id"] for r in held["reservations"] + rest["reservations"]
+    ] == sorted(made[1:])
+    assert rest["next_after"] is None
+    assert text.splitlines()[0] == "3 reservations" and len(text.splitlines()) == 4
+    missing = one_line_error(ready_cli.run("reservations", "--key", "vm-9"), 4)
+    assert "no reservation on host" in missing and "'vm-9'" in missing
