@@ -134,11 +134,14 @@ def compose() -> dict[str, Any]:
 
 
 MONITORING = {"prometheus", "grafana"}
+NATS_NODES = ("nats-1", "nats-2", "nats-3")
+REPLICAS = ("ledger-1", "ledger-2")
+CLUSTER = {*NATS_NODES, *REPLICAS}
 
 
 def test_compose_runs_nats_postgres_and_the_ledger(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"nats", "postgres", "ledger", "agent", *MONITORING}
+    assert set(services) == {"nats", "postgres", "ledger", "agent", *MONITORING, *CLUSTER}
     assert set(compose["volumes"]) == {
         "nats-data",
         "postgres-data",
@@ -146,6 +149,7 @@ def test_compose_runs_nats_postgres_and_the_ledger(compose: dict[str, Any]) -> N
         "agent-data",
         "prometheus-data",
         "grafana-data",
+        *(f"{name}-data" for name in CLUSTER),
     }
 
     nats = services["nats"]
@@ -331,9 +335,49 @@ def _deploy_yaml(service: dict[str, Any], container_path: str) -> Any:
     raise AssertionError(f"nothing is mounted at {container_path}")
 
 
-def test_monitoring_is_an_optional_profile(compose: dict[str, Any]) -> None:
+def test_monitoring_and_the_cluster_are_optional_profiles(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
-        assert service.get("profiles") == (["monitoring"] if name in MONITORING else None), name
+        profile = "monitoring" if name in MONITORING else "cluster" if name in CLUSTER else None
+        assert service.get("profiles") == ([profile] if profile else None), name
+
+
+# ---- the cluster profile -----------------------------------------------------------------------------------
+
+
+def test_the_cluster_is_three_routed_jetstream_nodes(compose: dict[str, Any]) -> None:
+    routes = {f"nats://{node}:6222" for node in NATS_NODES}
+    for node in NATS_NODES:
+        command = compose["services"][node]["command"]
+        flag = {command[i]: command[i + 1] for i in range(len(command) - 1) if command[i].startswith("--")}
+        assert "-js" in command and flag["--server_name"] == node  # JetStream clustering needs a name
+        assert flag["--cluster_name"] == "ledger" and flag["--cluster"] == "nats://0.0.0.0:6222"
+        assert set(flag["--routes"].split(",")) == routes
+        assert f"{node}-data:/data" in compose["services"][node]["volumes"]
+
+
+def test_the_cluster_replicas_share_one_database_and_know_every_node(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    settings = [
+        load_settings(environ={**services[name]["environment"], "LEDGER_DATA_DIR": "/var/lib/ledger"})
+        for name in REPLICAS
+    ]
+    assert len({s.database_url for s in settings}) == 1
+    assert settings[0].database_url.endswith("@postgres:5432/ledger_cluster")
+    assert settings[0].database_url != services["ledger"]["environment"]["LEDGER_DATABASE_URL"]
+    created = (REPO / "deploy" / "postgres" / "cluster.sql").read_text()
+    assert "CREATE DATABASE ledger_cluster OWNER ledger;" in created
+    assert (
+        "./deploy/postgres/cluster.sql:/docker-entrypoint-initdb.d/cluster.sql:ro"
+        in (services["postgres"]["volumes"])
+    )
+    for name, configured in zip(REPLICAS, settings, strict=True):
+        assert configured.nats_url is not None
+        assert {url.split("//")[1] for url in configured.nats_url.split(",")} == {
+            f"{node}:4222" for node in NATS_NODES
+        }
+        assert configured.stream_replicas == 3 and not configured.serve_samples_usage
+        assert set(services[name]["depends_on"]) == {*NATS_NODES, "postgres"}
+        assert sorted(set(services[name]["environment"]) - ENV_NAMES) == []
 
 
 def test_prometheus_scrapes_the_ledger_and_the_agent_where_they_serve(compose: dict[str, Any]) -> None:

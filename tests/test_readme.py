@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -107,3 +108,39 @@ def test_the_second_terminal_demo_runs_as_written(demo_env: dict[str, str]) -> N
     assert refused.returncode == 3
     assert refused.stderr.startswith("ledger: insufficient CPU: requested 10000 vCPUs, but only 4 available")
     assert "Traceback" not in refused.stderr
+
+
+def test_the_usage_demo_runs_as_written(demo_env: dict[str, str]) -> None:
+    """busy-vm.py records a core-burning process as a Running VM; `ledger top` shows it used (polled here
+    with --once --json instead of watched); `kill %1` (SIGTERM) deletes it again."""
+    start, watch, stop = (line.split("#")[0].strip() for line in _blocks()[3])
+    assert (start, watch, stop) == ("python docs/examples/busy-vm.py &", "ledger top", "kill %1; wait")
+    vm = subprocess.Popen(
+        shlex.split(start.removesuffix("&")), env=demo_env, cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert vm.stdout is not None and vm.stdout.readline().startswith("vm-busy is Running")
+        deadline = time.monotonic() + 90  # two sampling rounds of 10 s, on a busy machine
+        while True:
+            rows = json.loads(_run(f"{watch} --once --json", demo_env).stdout)
+            busy = [row for row in rows if row["instance_id"] == "vm-busy"]
+            if busy and busy[0]["cpu_vcpus"] is not None:
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.5)
+        assert busy[0]["allocated_vcpus"] == 1 and busy[0]["cpu_vcpus"] > 0
+        table = _run(f"{watch} --once", demo_env).stdout
+        assert re.search(r"^busy\s+1\s+\d+\.\d\d", table, re.MULTILINE), table
+    finally:
+        vm.send_signal(signal.SIGTERM)  # what `kill %1` sends
+        assert vm.wait(timeout=30) == 0
+        if vm.stdout is not None:
+            vm.stdout.close()
+
+    deadline = time.monotonic() + 30
+    while True:  # busy-vm.py deleted its instance on the way out
+        shown = json.loads(_run("ledger status --json", demo_env).stdout)
+        if all(a["instance_id"] != "vm-busy" for a in shown["allocations"]):
+            break
+        assert time.monotonic() < deadline, shown["allocations"]
+        time.sleep(0.2)

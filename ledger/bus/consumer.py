@@ -289,7 +289,7 @@ class EventConsumer:
 
     def _dead_letter(self, delivery: _Delivery) -> Outcome:
         subject = delivery.msg.subject
-        self.ledger.dead_letter(
+        self.ledger.letters.record(
             payload=delivery.msg.data,
             reason=delivery.error or "invalid event",
             subject=subject,

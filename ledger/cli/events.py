@@ -191,7 +191,7 @@ def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
 
         ledger = open_reader(settings)
         try:
-            letter = ledger.get_dead_letter(args.id)
+            letter = ledger.letters.get(args.id)
         finally:
             ledger.close()
         print_json(letter.to_dict(with_payload=True))
@@ -206,8 +206,8 @@ def _list_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
 
     ledger = open_reader(settings)
     try:
-        letters = ledger.dead_letters(include_replayed=args.all, limit=args.limit, before=args.after)
-        total = ledger.dead_letter_count(include_replayed=args.all)
+        letters = ledger.letters.page(include_replayed=args.all, limit=args.limit, before=args.after)
+        total = ledger.letters.count(include_replayed=args.all)
     finally:
         ledger.close()
     following = letters[-1].id if len(letters) == args.limit else None
@@ -235,7 +235,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     corrected = read_input_file(args.payload, "--payload file") if args.payload else None
     ledger = open_writer(settings)
     try:
-        letter = ledger.get_dead_letter(args.id)
+        letter = ledger.letters.get(args.id)
         payload = corrected if corrected is not None else letter.payload
         try:
             event = parse_event(payload, letter.subject or None)
@@ -243,7 +243,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         except LedgerError as exc:
             error(f"dead letter {letter.id} still cannot be applied: {exc.message}")
             return EXIT_USAGE
-        ledger.mark_replayed(letter.id)
+        ledger.letters.mark_replayed(letter.id)
     finally:
         ledger.close()
     print(f"dead letter {letter.id}: {result.outcome} ({event.type} {result.entity_id} v{result.version})")

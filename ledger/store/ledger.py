@@ -3,9 +3,10 @@
 It puts together the store's parts, each with one job: transactions and locking (`database`, `tx`), hosts
 and capacities (`hosts`), admission (`admission`, and PostgreSQL's one-round-trip strategy in
 `optimistic`), reservations after the grant (`reservations`), entity records from events (`entities`),
-reading a host (`status`), the event journal (`journal`) and sampled usage (`usage`). Every write that
-changes what a host owes takes the host's lock and moves its running totals in the same transaction, so a
-reservation turning into an instance is counted once; `ledger_drift` proves the totals against the rows.
+reading a host (`status`), the event journal (`journal`, `dead_letters`) and sampled usage (`usage`). Every
+write that changes what a host owes takes the host's lock and moves its running totals in the same
+transaction, so a reservation turning into an instance is counted once; `ledger_drift` proves the totals
+against the rows.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from ledger.core.advice import Advice, advise
 from ledger.core.capacity import ResourceStatus
 from ledger.core.charges import AllocationRequest, Ask, DefaultBandwidth
-from ledger.core.errors import LedgerError, NotFound, Unavailable
+from ledger.core.errors import LedgerError, Unavailable
 from ledger.core.gpu import GPUStatus
 from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
 from ledger.core.resources import Capacity, ResourceType
@@ -29,11 +30,12 @@ from ledger.core.results import ApplyResult, FullStatus, Grant, InstanceUtilizat
 from ledger.store import journal
 from ledger.store.admission import Admission, Answer, HostAsk
 from ledger.store.database import Database
+from ledger.store.dead_letters import DeadLetters
 from ledger.store.engine import make_engine
 from ledger.store.entities import Change, Entities
 from ledger.store.fleet import Fleet, Search
 from ledger.store.hosts import Hosts
-from ledger.store.journal import DeadLetterRecord, EventMark
+from ledger.store.journal import EventMark
 from ledger.store.migrate import ensure_schema
 from ledger.store.models import utcnow
 from ledger.store.optimistic import OptimisticAdmission
@@ -71,6 +73,7 @@ class Ledger:
         self._status = Status(self.db, self.hosts)
         self.fleet = Fleet(self.db, self.hosts, self.defaults, reservation_ttl)
         self.placer = Placer(self.db, self.fleet, self.admission)
+        self.letters = DeadLetters(self.db)  # events that could not be applied
         self.usage = UsageStore(self.db)  # what VMs really use: beside the ledger, never part of its totals
         # PostgreSQL only (one round trip instead of four); `optimistic=False` measures what it is worth
         self.optimistic = (
@@ -344,51 +347,6 @@ class Ledger:
         return self.apply([Change(host_id, "oci_cache", host_id, record, version, "measured", mark)])[0]
 
     # ---- the event journal --------------------------------------------------------------------------
-
-    def dead_letter(
-        self,
-        *,
-        payload: bytes,
-        reason: str,
-        subject: str = "",
-        stream_seq: int | None = None,
-        host_id: str | None = None,
-    ) -> int:
-        """Keep an event that cannot be applied, with the reason (joins the current batch, if any)."""
-        with self.db.transaction() as tx:
-            assert tx.conn is not None
-            return journal.record(
-                tx.conn,
-                payload=payload,
-                reason=reason,
-                subject=subject,
-                stream_seq=stream_seq,
-                host_id=host_id,
-            )
-
-    def dead_letters(
-        self, *, include_replayed: bool = False, limit: int = 100, before: int | None = None
-    ) -> list[DeadLetterRecord]:
-        """Newest first, a page at a time: `before` is the last id of the page before."""
-        with self.db.read() as conn:
-            return journal.listing(conn, include_replayed=include_replayed, limit=limit, before=before)
-
-    def dead_letter_count(self, *, include_replayed: bool = False) -> int:
-        with self.db.read() as conn:
-            return journal.count(conn, include_replayed=include_replayed)
-
-    def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord:
-        with self.db.transaction() as tx:
-            assert tx.conn is not None
-            found = journal.get(tx.conn, dead_letter_id)
-        if found is None:
-            raise NotFound(f"no dead letter {dead_letter_id}", dead_letter_id=dead_letter_id)
-        return found
-
-    def mark_replayed(self, dead_letter_id: int) -> None:
-        with self.db.transaction() as tx:
-            assert tx.conn is not None
-            journal.mark_replayed(tx.conn, dead_letter_id)
 
     def stream_position(self, consumer: str) -> int:
         """The low-water mark of what this database has handled for `consumer`: all sequences up to it."""

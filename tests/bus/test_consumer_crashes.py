@@ -165,7 +165,7 @@ def assert_applied_exactly_once(ledger: Ledger, events: list[Envelope], tmp_path
     applied = processed_ids(ledger)
     assert len(applied) == len(set(applied)) == len(events)
     assert set(applied) == {e["id"] for e in events}
-    assert ledger.dead_letters() == []
+    assert ledger.letters.page() == []
     assert ledger.drift() == []
     assert ledger.stream_position(DURABLE) == len(events)
     expected = replay(events, new_sqlite_url(tmp_path / "replay"))

@@ -159,8 +159,8 @@ async def test_dead_letters_list_show_and_replay_a_corrected_payload(
         assert replayed.stdout.strip() == f"dead letter {dl_id}: applied (instance.started i-9 v1)"
         assert ledger.full_status(host).to_dict()["cpu"]["allocated"] == 3
         assert processed_ids(ledger) == [broken["id"]]
-        assert ledger.dead_letters() == []
-        assert [d.id for d in ledger.dead_letters(include_replayed=True)] == [int(dl_id)]
+        assert ledger.letters.page() == []
+        assert [d.id for d in ledger.letters.page(include_replayed=True)] == [int(dl_id)]
         listed = await asyncio.to_thread(_ledger, tmp_path, "events", "dead-letters", "list", *db)
         assert listed.stdout.strip() == "no dead letters"
         assert ledger.drift() == []

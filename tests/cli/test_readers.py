@@ -248,7 +248,7 @@ def test_postgresql_readers_say_what_is_missing(cli: Cli, pg_database_factory: o
 def test_dead_letters_come_a_page_at_a_time_with_the_total(ready_cli: Cli) -> None:
     ledger = Ledger.open(f"sqlite:///{ready_cli.db_path}", migrate=False)
     try:
-        ids = [ledger.dead_letter(payload=b"{", reason=f"broken {n}") for n in range(5)]
+        ids = [ledger.letters.record(payload=b"{", reason=f"broken {n}") for n in range(5)]
     finally:
         ledger.close()
 

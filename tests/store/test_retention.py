@@ -242,8 +242,8 @@ def test_a_redelivered_event_whose_id_was_pruned_is_stale_and_changes_nothing(
 def test_dead_letters_go_after_their_retention(
     ledger: Ledger, retention: Retention, clock: FakeClock
 ) -> None:
-    old = ledger.dead_letter(payload=b"{", reason="not JSON")
-    young = ledger.dead_letter(payload=b"[", reason="not an object")
+    old = ledger.letters.record(payload=b"{", reason="not JSON")
+    young = ledger.letters.record(payload=b"[", reason="not an object")
     with ledger.engine.begin() as conn:  # dead letters are stamped by the machine's clock, not the ledger's
         conn.execute(
             text("UPDATE dead_letters SET created_at = :t WHERE id = :id"),
@@ -251,7 +251,7 @@ def test_dead_letters_go_after_their_retention(
         )
 
     assert retention.prune(DEFAULTS).deleted["dead_letters"] == 1
-    assert [letter.id for letter in ledger.dead_letters()] == [young]
+    assert [letter.id for letter in ledger.letters.page()] == [young]
 
 
 def test_history_is_kept_forever_with_0_and_otherwise_for_its_days(
