@@ -160,6 +160,10 @@ def row_for(kind: str, concurrency: int, elapsed: float, latencies: list[float])
 # ---- ledger serve as a subprocess ------------------------------------------------------------------------
 
 
+# settings main() passes on to every `ledger serve` (e.g. --plain-admission)
+SERVE_SETTINGS: dict[str, str] = {}
+
+
 def serve_env(
     data_dir: Path, database_url: str | None, nats_url: str | None, busy_poll_us: int | None
 ) -> dict[str, str]:
@@ -182,6 +186,7 @@ def serve_env(
         env["LEDGER_NATS_URL"] = nats_url
     if busy_poll_us is not None:
         env["LEDGER_BUSY_POLL_US"] = str(busy_poll_us)
+    env.update(SERVE_SETTINGS)
     return env
 
 
@@ -637,6 +642,16 @@ def main() -> None:
         metavar="US",
         help="LEDGER_BUSY_POLL_US for ledger serve (default: unset, so serve picks its own)",
     )
+    parser.add_argument(
+        "--plain-admission",
+        action="store_true",
+        help="PostgreSQL without the one-round-trip admission strategy "
+        "(LEDGER_ONE_ROUND_TRIP_ADMISSION=false), "
+        "to measure what the strategy is worth",
+    )
+    parser.add_argument(
+        "--results", default="rpc", metavar="NAME", help="write bench/results/NAME.json (default rpc)"
+    )
     parser.add_argument("--echo-responder", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--profile-driver", action="store_true", help="the in-process driver (see above)")
     parser.add_argument("--profile-requests", type=int, default=4000)
@@ -659,6 +674,8 @@ def main() -> None:
             )
         )
         return
+    if args.plain_admission:
+        SERVE_SETTINGS["LEDGER_ONE_ROUND_TRIP_ADMISSION"] = "false"
     duration = 2.0 if args.quick else args.duration
     warmup = 50
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
@@ -674,9 +691,10 @@ def main() -> None:
     targets = verdict(table)
     print("targets:", targets)
     path = write_results(
-        "rpc",
+        args.results,
         {
             "quick": args.quick,
+            "serve_settings": SERVE_SETTINGS,
             "duration_s": duration,
             "concurrencies": list(CONCURRENCIES),
             "request": REQUEST,

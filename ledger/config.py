@@ -531,6 +531,15 @@ SETTINGS: tuple[Setting, ...] = (
         10.0,
     ),
     Setting(
+        "one_round_trip_admission",
+        ("LEDGER_ONE_ROUND_TRIP_ADMISSION",),
+        _bool,
+        "true or false",
+        "on PostgreSQL, admit a group of validates in one statement (the same decision as the plain path; "
+        "bench/rpc.py --plain-admission measures what it is worth); false uses the plain path only",
+        True,
+    ),
+    Setting(
         "serve_samples_usage",
         ("LEDGER_SERVE_SAMPLES_USAGE",),
         _bool,
@@ -600,6 +609,7 @@ class Settings:
     metrics_addr: str | None
     stream_replicas: int
     usage_interval: float
+    one_round_trip_admission: bool
     serve_samples_usage: bool
     retention_usage_days: float
     log_format: str

@@ -57,6 +57,7 @@ def _open(settings: Settings, *, migrate: bool, read_only: bool) -> Ledger:
             read_only=read_only,
             reservation_ttl=settings.reservation_ttl,
             defaults=defaults,
+            **({} if read_only else {"optimistic": settings.one_round_trip_admission}),
         ),
     )
 
