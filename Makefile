@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Most tests wait on NATS, PostgreSQL or a child process rather than a core: 4 workers halve the run on 2.
+# The few that measure CPU (marked serial) run afterwards, alone.
 TEST_WORKERS ?= 4
 
 .PHONY: run test lint bench clean
@@ -28,7 +29,8 @@ run: $(BIN)/.installed
 ## test: install with the dev tools, start PostgreSQL and NATS if they are down, run the whole test suite
 test: $(BIN)/.installed-dev
 	bash .ci/services
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check .

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from nats.aio.client import Client
 
 from ledger.bus.publisher import publish_event
@@ -17,18 +14,6 @@ from ledger.events.contract import make_event
 from ledger.store.ledger import Ledger
 from tests.service.conftest import ServeFactory
 from tests.service.helpers import serve_env, unique, value
-
-BURN = "import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush()\nwhile True:\n    pass\n"
-
-
-@pytest.fixture
-def burner() -> Iterator[subprocess.Popen[str]]:
-    child = subprocess.Popen([sys.executable, "-c", BURN], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline() == "ready\n"
-    yield child
-    child.kill()
-    child.wait()
-    child.stdout.close()
 
 
 async def test_serve_samples_a_running_vm_and_stores_its_usage(
