@@ -69,7 +69,7 @@ from ledger.store.engine import is_sqlite, make_engine
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "bench"
-CONCURRENCIES = (1, 8, 32)
+CONCURRENCIES = [1, 8, 32]  # --concurrency replaces it
 ECHO_SUBJECT = "bench.echo"
 REQUEST = {"vcpus": 1, "memory_bytes": 2**20, "network_download_bps": 1000, "disk_io_bps": 1000}
 HUGE = str(10**15)  # every capacity limit: nothing is ever refused
@@ -481,13 +481,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def verdict(table: list[dict[str, Any]]) -> dict[str, bool]:
     sqlite = {r["concurrency"]: r for r in table if r["engine"] == "sqlite"}
     pg = [r for r in table if r["engine"] == "postgresql"]
-    result = {
-        "sqlite_c8_at_least_1000_per_s": sqlite[8]["ledger_per_s"] >= 1000,
+    result = {  # each target judged where it was measured (--concurrency may leave some points out)
         "sqlite_at_least_half_floor_every_concurrency": all(
             r["ledger_over_floor"] >= 0.5 for r in sqlite.values()
         ),
-        "sqlite_c32_p99_at_most_20_ms": sqlite[32]["ledger_p99_ms"] <= 20,
     }
+    if 8 in sqlite:
+        result["sqlite_c8_at_least_1000_per_s"] = sqlite[8]["ledger_per_s"] >= 1000
+    if 32 in sqlite:
+        result["sqlite_c32_p99_at_most_20_ms"] = sqlite[32]["ledger_p99_ms"] <= 20
     if pg:
         result["postgresql_at_least_half_floor_every_concurrency"] = all(
             r["ledger_over_floor"] >= 0.5 for r in pg
@@ -650,6 +652,20 @@ def main() -> None:
         "to measure what the strategy is worth",
     )
     parser.add_argument(
+        "--serve-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment setting for every ledger serve (repeatable), e.g. LEDGER_METRICS_ADDR=",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        action="append",
+        metavar="N",
+        help="measure at N requests in flight (repeatable; default 1, 8 and 32)",
+    )
+    parser.add_argument(
         "--results", default="rpc", metavar="NAME", help="write bench/results/NAME.json (default rpc)"
     )
     parser.add_argument("--echo-responder", metavar="URL", help=argparse.SUPPRESS)
@@ -674,6 +690,11 @@ def main() -> None:
             )
         )
         return
+    if args.concurrency:
+        CONCURRENCIES[:] = args.concurrency
+    for setting in args.serve_setting:
+        name, _, value = setting.partition("=")
+        SERVE_SETTINGS[name] = value
     if args.plain_admission:
         SERVE_SETTINGS["LEDGER_ONE_ROUND_TRIP_ADMISSION"] = "false"
     duration = 2.0 if args.quick else args.duration

@@ -251,7 +251,7 @@ def test_a_group_that_fails_midway_writes_nothing(sqlite_url: str, size: int, wh
     ledger = Ledger.open(sqlite_url, migrate=False)
     host = f"fail-{uuid.uuid4().hex[:8]}"
     ledger.register_host(host, capacities(cpu=1000), {})
-    ledger.db.statements.write_host = "UPDATE no_such_table SET x = 1"
+    ledger.db.statements.write_moved = lambda totals: "UPDATE no_such_table SET x = 1"  # type: ignore[method-assign]
     try:
         with pytest.raises(Exception, match="no_such_table"):
             getattr(ledger, where)([(host, Ask(AllocationRequest(vcpus=1)))] * size)
