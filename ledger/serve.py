@@ -120,7 +120,7 @@ async def _usage_jobs(
     ingest = UsageIngest(
         nc, ledger, retention_days=settings.retention_usage_days, replicas=settings.stream_replicas
     )
-    await ingest.start()
+    # started by its own run(), retrying: NATS going away during start-up must not stop the ledger
     registry.register(IngestedUsage(lambda: ingest.stored, lambda: ingest.drops.counts))
     if not settings.serve_samples_usage:
         return [ingest]

@@ -40,6 +40,7 @@ BATCH = 200
 ROLLUP_INTERVAL_S = 60.0  # how often the hourly summaries are brought up to date
 PRUNE_INTERVAL_S = 3600.0
 LOG_EVERY_S = 60.0
+START_RETRY_S = 2.0
 
 
 class DropLog:
@@ -102,12 +103,28 @@ class UsageIngest:
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`: store what arrives; every ROLLUP_INTERVAL_S bring the summaries up to date. Then
         unsubscribe (a pull subscription left open makes the connection's drain wait out its timeout)."""
-        if self._sub is None:
-            await self.start()
         try:
-            await self._loop(stop)
+            if await self._started(stop):
+                await self._loop(stop)
         finally:
             await self.close()
+
+    async def _started(self, stop: asyncio.Event) -> bool:
+        """Bind the usage consumer, retrying while NATS or JetStream is unavailable (usage waits; the
+        ledger does not): False if `stop` came first."""
+        problem = None
+        while self._sub is None and not stop.is_set():
+            try:
+                await self.start()
+            except Exception as exc:  # NATS reconnecting, JetStream not answering yet
+                if problem is None:
+                    log.warning("usage ingest not started, retrying every %.0f s: %s", START_RETRY_S, exc)
+                problem = exc
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), START_RETRY_S)
+        if problem is not None and self._sub is not None:
+            log.info("usage ingest started")
+        return self._sub is not None
 
     async def _loop(self, stop: asyncio.Event) -> None:
         next_rollup = time.monotonic() + ROLLUP_INTERVAL_S
