@@ -435,6 +435,15 @@ SETTINGS: tuple[Setting, ...] = (
         60.0,
     ),
     Setting(
+        "request_timeout",
+        ("LEDGER_REQUEST_TIMEOUT",),
+        _seconds,
+        "a number of seconds greater than 0",
+        "how long a command that asks the service (--nats-url) waits for the answer before it says the "
+        "service is unavailable (exit 6)",
+        5.0,
+    ),
+    Setting(
         "busy_poll_us",
         ("LEDGER_BUSY_POLL_US",),
         _busy_poll_us,
@@ -598,6 +607,7 @@ class Settings:
     default_bandwidth: bool
     default_bandwidth_uses_ratio: bool
     reservation_ttl: float
+    request_timeout: float
     busy_poll_us: int | None  # None: EMBEDDED_BUSY_POLL_US with the embedded NATS server, else 0
     host_labels: Mapping[str, str]
     agent_interval: float

@@ -17,7 +17,9 @@ def via_service(settings: Settings, call: Callable[[LedgerClient], Awaitable[T]]
 
     async def run() -> T:
         assert settings.nats_url is not None
-        client = await LedgerClient.connect(settings.nats_url, settings, reconnect_forever=False)  # checks it
+        client = await LedgerClient.connect(  # checks the URL
+            settings.nats_url, settings, timeout=settings.request_timeout, reconnect_forever=False
+        )
         try:
             return await call(client)
         finally:

@@ -237,8 +237,13 @@ async def test_ctrl_c_while_waiting_ends_in_one_line_and_130(cli: Cli, nats_serv
     nc = await connect(nats_server.url, reconnect_forever=False)
     await nc.subscribe("ledger.v1.status", cb=swallow)
     await nc.flush()
-    process = cli.popen(
-        "status", "--nats-url", nats_server.url, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    process = cli.popen(  # waiting longer than any test: only the Ctrl-C can end it
+        "status",
+        "--nats-url",
+        nats_server.url,
+        env={"LEDGER_REQUEST_TIMEOUT": "600"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         for _ in range(200):
