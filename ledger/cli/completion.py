@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,21 +118,42 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def bash_script(commands: list[Command]) -> str:
+def _walk_patterns(commands: list[Command]) -> tuple[str, str]:
+    """The case patterns both shells walk the typed words with: a subcommand, a positional choice."""
     paths = "|".join(f'"{c.path} {s.text}"' for c in commands for s in c.subcommands)
     chosen = "|".join(f'"{c.path} {p.text}"' for c in commands for p in c.positional_choices)
-    value_cases = []
-    for command in commands:
-        for flag, value in command.values.items():
-            if value.kind == "choice":
-                reply = f'COMPREPLY=($(compgen -W {_quote(" ".join(value.choices))} -- "$cur"))'
-            elif value.kind == "dir":
-                reply = 'compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -d -- "$cur"))'
-            elif value.kind == "file":
-                reply = 'compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur"))'
-            else:
-                reply = "COMPREPLY=()"
-            value_cases.append(f'        "{command.path} {flag}") {reply}; return ;;')
+    return paths, chosen or '""'
+
+
+def _value_cases(commands: list[Command], reply: Callable[[str, Value], str], pattern: str) -> list[str]:
+    """One case line per flag that takes a value: `pattern` (with {key}) and the shell's `reply`."""
+    return [
+        f"        {pattern.format(key=f'{command.path} {flag}')} {reply(flag, value)}; return ;;"
+        for command in commands
+        for flag, value in command.values.items()
+    ]
+
+
+def _bash_reply(flag: str, value: Value) -> str:
+    if value.kind == "choice":
+        return f'COMPREPLY=($(compgen -W {_quote(" ".join(value.choices))} -- "$cur"))'
+    if value.kind in ("dir", "file"):
+        option = "-d" if value.kind == "dir" else "-f"
+        return f'compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen {option} -- "$cur"))'
+    return "COMPREPLY=()"
+
+
+def _zsh_reply(flag: str, value: Value) -> str:
+    if value.kind == "choice":
+        return f"compadd -- {' '.join(_quote(c) for c in value.choices)}"
+    if value.kind in ("dir", "file"):
+        return "_files -/" if value.kind == "dir" else "_files"
+    return f"_message {_quote('value for ' + flag)}"
+
+
+def bash_script(commands: list[Command]) -> str:
+    paths, chosen = _walk_patterns(commands)
+    value_cases = _value_cases(commands, _bash_reply, '"{key}")')
     word_cases = []
     for command in commands:
         words = " ".join(w.text for w in (*command.subcommands, *command.flags))
@@ -147,7 +169,7 @@ _ledger() {{
     for (( i = 1; i < COMP_CWORD; i++ )); do
         case "$cmd ${{COMP_WORDS[i]}}" in
             {paths}) cmd="$cmd ${{COMP_WORDS[i]}}"; chosen=0 ;;
-            {chosen or '""'}) chosen=1 ;;
+            {chosen}) chosen=1 ;;
         esac
     done
     case "$cmd $prev" in
@@ -163,20 +185,8 @@ complete -o default -F _ledger ledger
 
 
 def zsh_script(commands: list[Command]) -> str:
-    paths = "|".join(f'"{c.path} {s.text}"' for c in commands for s in c.subcommands)
-    chosen = "|".join(f'"{c.path} {p.text}"' for c in commands for p in c.positional_choices)
-    value_cases = []
-    for command in commands:
-        for flag, value in command.values.items():
-            if value.kind == "choice":
-                reply = f"compadd -- {' '.join(_quote(c) for c in value.choices)}"
-            elif value.kind == "dir":
-                reply = "_files -/"
-            elif value.kind == "file":
-                reply = "_files"
-            else:
-                reply = f"_message {_quote('value for ' + flag)}"
-            value_cases.append(f'        ("{command.path} {flag}") {reply}; return ;;')
+    paths, chosen = _walk_patterns(commands)
+    value_cases = _value_cases(commands, _zsh_reply, '("{key}")')
     word_cases = []
     for command in commands:
         words = [f"{w.text}:{w.help}" for w in (*command.subcommands, *command.flags)]
@@ -193,7 +203,7 @@ _ledger() {{
     for (( i = 2; i < CURRENT; i++ )); do
         case "$cmd ${{words[i]}}" in
             ({paths}) cmd="$cmd ${{words[i]}}"; chosen=0 ;;
-            ({chosen or '""'}) chosen=1 ;;
+            ({chosen}) chosen=1 ;;
         esac
     done
     case "$cmd $prev" in
