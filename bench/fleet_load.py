@@ -6,12 +6,12 @@ INSERT on SQLite. Nothing about them is made up by hand, though:
   * every instance row is what the apply path stores for that record (`entity_rows.values` of an
     `InstanceRecord`), and what it adds to its host's totals is `totals.instance_usage` of that row;
   * capacities and effective limits come from `core.capacity` (the default ratios), and each host's
-    `avail_*` from `totals.left`, the one formula admission and the views use;
+    `avail_*` and `room` from `totals.derived`, the formulas admission and the views use;
   * an active instance that would take its host past any effective limit is stored as Stopped instead, so
     the fleet starts with no host over its limits (the full ones are full).
 Hosts go in first (with zero totals: instances refer to them), then capacities, then the instances while
-each host's totals add up in memory; then one UPDATE per host writes its totals and `avail_*`. The audit view
-`ledger_drift` then proves the totals against the rows (`drift_check`).
+each host's totals add up in memory; then one UPDATE per host writes its totals, `avail_*` and `room`.
+The audit view `ledger_drift` then proves the totals against the rows (`drift_check`).
 
 The fleet: hosts in three classes (32/64/128 cores, 256 GiB/512 GiB/1 TiB, 4/8/16 TB, 25/25/100 Gbps,
 4/8/16 GB/s of disk I/O; the default ratios), labelled with a `zone` (4) and a `rack` (100); the instances
@@ -38,7 +38,15 @@ from ledger.core.records import InstanceRecord
 from ledger.core.resources import RESOURCES, ResourceType, Source
 from ledger.store.entity_rows import values
 from ledger.store.sql import capacities, hosts, instances
-from ledger.store.totals import AVAIL_COLUMNS, LIMIT_COLUMNS, TOTAL_COLUMNS, allocated, instance_usage, left
+from ledger.store.totals import (
+    AVAIL_COLUMNS,
+    DERIVED_COLUMNS,
+    LIMIT_COLUMNS,
+    TOTAL_COLUMNS,
+    allocated,
+    derived,
+    instance_usage,
+)
 
 GIB, GB = 2**30, 10**9
 MBPS = 125_000  # one megabit per second, in bytes per second
@@ -119,12 +127,14 @@ def load_fleet(
         conn.execute(
             update(hosts)
             .where(hosts.c.host_id == bindparam("b_host"))
-            .values({c: bindparam(f"v_{c}") for c in (*TOTAL_COLUMNS, *AVAIL_COLUMNS)}),
+            .values({c: bindparam(f"v_{c}") for c in (*TOTAL_COLUMNS, *DERIVED_COLUMNS)}),
             [
                 {
                     "b_host": h.host_id,
                     **{f"v_{c}": h.totals[c] for c in TOTAL_COLUMNS},
-                    **{f"v_{c}": a for c, a in zip(AVAIL_COLUMNS, left(h.totals, h.limits), strict=True)},
+                    **{
+                        f"v_{c}": a for c, a in zip(DERIVED_COLUMNS, derived(h.totals, h.limits), strict=True)
+                    },
                 }
                 for h in fleet
             ],

@@ -81,17 +81,28 @@ def check_limit(value: Any, field: str, maximum: int) -> int:
     return value
 
 
-def room_after(host: HostState, charge: Charge) -> float:
-    """How much room the host has left once `charge` is held, judged by its tightest resource: the least,
-    over resources with a limit, of what would be left as a fraction of the limit."""
-    amounts = charge.amounts()
+def room(limits: Sequence[int], left: Sequence[int]) -> float:
+    """How much room a host has, judged by its tightest resource: the least, over resources with a limit, of
+    what is left (`left`, per resource) as a fraction of the limit; 1.0 when nothing has a limit. Computed in
+    doubles, as SQL ranks it. Kept on the host row (`hosts.room`) so a search can walk hosts from the most
+    room down: a charge only lowers what is left, so no host's room after a charge exceeds its room now."""
     least = 1.0
-    for index, limit in enumerate(host.limits):
-        if limit.effective_limit <= 0:
-            continue
-        left = available(limit.effective_limit, host.allocated[index], host.pending[index]) - amounts[index]
-        least = min(least, float(left) / float(limit.effective_limit))  # as SQL ranks it: in doubles
+    for limit, free in zip(limits, left, strict=True):
+        if limit > 0:
+            least = min(least, float(free) / float(limit))
     return least
+
+
+def room_after(host: HostState, charge: Charge) -> float:
+    """The host's `room` once `charge` is held."""
+    amounts = charge.amounts()
+    return room(
+        [limit.effective_limit for limit in host.limits],
+        [
+            available(limit.effective_limit, host.allocated[index], host.pending[index]) - amounts[index]
+            for index, limit in enumerate(host.limits)
+        ],
+    )
 
 
 def ranked(scored: Sequence[tuple[str, float]], policy: str) -> list[tuple[str, float]]:

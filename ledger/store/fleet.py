@@ -14,16 +14,16 @@ extreme host may be ranked on an approximation; `decide` still confirms it); Pos
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import TextClause, bindparam, text
 
 from ledger.core.admission import Admit, decide
 from ledger.core.charges import AllocationRequest, Ask, DefaultBandwidth
 from ledger.core.host import CHECK_ORDER, HostState
-from ledger.core.placement import GPU, LABELS, PACK, SPREAD, Shortfalls, room_after
+from ledger.core.placement import GPU, LABELS, PACK, SPREAD, Shortfalls, ranked, room_after
 from ledger.core.resources import RESOURCES
 from ledger.core.units import MAX_AMOUNT
 from ledger.store.database import Database
@@ -31,6 +31,11 @@ from ledger.store.hosts import Hosts
 from ledger.store.tx import HOST_COLUMNS, LockedHost
 
 _MARGIN = 8  # extra rows fetched beyond `limit`, in case decide turns one down
+_WALK_ROWS = 512  # fitting hosts a walk down the room index reads before it ranks every host instead
+# for the rest of a walk's transaction: down the room index, not a scan and a sort of every host
+_INDEX_ONLY = text(
+    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)"
+)
 _ORDER = {SPREAD: "DESC", PACK: "ASC"}
 _AMOUNTS = ("capacity", "effective_limit", "allocated", "pending", "available")
 _FLEET_STATUS = text(
@@ -93,17 +98,33 @@ class Fleet:
         reasons, score, params = self._expressions(request, labels)
         outcome = " ".join(f"WHEN {condition} THEN '{name}'" for condition, name in reasons)
         outcome = f"CASE {outcome} ELSE 'fit' END" if reasons else "'fit'"
-        where = "h.host_id NOT IN :exclude" if exclude else "1 = 1"
-        # one statement, one pass over the hosts: how many fall where, and the best that fit
-        query = text(
-            f"WITH o AS MATERIALIZED (SELECT h.host_id, {outcome} AS outcome, {score} AS score "
-            f"FROM hosts h WHERE {where}) "
-            "SELECT outcome, count(*), NULL, NULL FROM o GROUP BY outcome "
-            "UNION ALL SELECT * FROM (SELECT 'best', 0, host_id, score FROM o WHERE outcome = 'fit' "
-            f"ORDER BY score {_ORDER[policy]}, host_id LIMIT :take) best"
-        )
-        rows, candidates, refused = self._looking_further(query, params, exclude, request, limit)
-        counts = {str(r[0]): int(r[1]) for r in rows if r[0] != "best"}
+        where, params = self._excluding(exclude, params)
+        if self._walks(policy):  # count every host's outcome, then walk the room index for the best
+            counts_query = _statement(
+                f"SELECT outcome, count(*) FROM (SELECT {outcome} AS outcome FROM hosts h WHERE {where}) o "
+                "GROUP BY outcome"
+            )
+            with self.db.read() as conn:
+                counts = {str(r[0]): int(r[1]) for r in conn.execute(counts_query, params)}
+            fetch = self._best(reasons, score, params, where, policy)
+        else:  # one statement, one pass over the hosts: how many fall where, and the best that fit
+            query = _statement(
+                f"WITH o AS MATERIALIZED (SELECT h.host_id, {outcome} AS outcome, {score} AS score "
+                f"FROM hosts h WHERE {where}) "
+                "SELECT outcome, count(*), NULL, NULL FROM o GROUP BY outcome "
+                "UNION ALL SELECT * FROM (SELECT 'best', 0, host_id, score FROM o WHERE outcome = 'fit' "
+                f"ORDER BY score {_ORDER[policy]}, host_id LIMIT :take) best"
+            )
+            counts = {}
+
+            def fetch(take: int) -> list[str]:
+                with self.db.read() as conn:
+                    rows = conn.execute(query, {**params, "take": take}).all()
+                counts.clear()
+                counts.update({str(r[0]): int(r[1]) for r in rows if r[0] != "best"})
+                return [str(r[2]) for r in rows if r[0] == "best"]
+
+        candidates, refused = self._looking_further(fetch, request, limit)
         by_resource = {k: n for k, n in counts.items() if k != "fit" and not k.startswith(LABELS)}
         for name, n in refused.items():
             by_resource[name] = by_resource.get(name, 0) + n
@@ -126,35 +147,90 @@ class Fleet:
         """The search's candidates without its counts, for `place`: only fitting hosts are scored and
         nothing is grouped, which costs a fraction of `search` on a large fleet (bench/fleet.py)."""
         reasons, score, params = self._expressions(request, labels)
+        where, params = self._excluding(exclude, params)
+        return self._looking_further(self._best(reasons, score, params, where, policy), request, limit)[0]
+
+    def _best(
+        self, reasons: list[tuple[str, str]], score: str, params: dict[str, Any], where: str, policy: str
+    ) -> Callable[[int], list[str]]:
+        """`fetch(take)`: the `take` best fitting hosts for `policy`, best first. Every fitting host is
+        scored and ranked, unless the room index can find them reading fewer (`_walk`)."""
         fits = " AND ".join(f"NOT ({condition})" for condition, _ in reasons) or "1 = 1"
-        where = "h.host_id NOT IN :exclude" if exclude else "1 = 1"
-        query = text(
-            f"SELECT 'best', 0, h.host_id, {score} AS score FROM hosts h WHERE {where} AND {fits} "
-            f"ORDER BY score {_ORDER[policy]}, h.host_id LIMIT :take"
+        ranking = _statement(
+            f"SELECT h.host_id FROM hosts h WHERE {where} AND {fits} "
+            f"ORDER BY {score} {_ORDER[policy]}, h.host_id LIMIT :take"
         )
-        return self._looking_further(query, params, exclude, request, limit)[1]
+
+        def every_host(take: int) -> list[str]:
+            with self.db.read() as conn:
+                return [str(r[0]) for r in conn.execute(ranking, {**params, "take": take})]
+
+        return self._walk(fits, score, params, where, every_host) if self._walks(policy) else every_host
+
+    def _walks(self, policy: str) -> bool:
+        """Whether the best hosts may come from walking the room index (`_walk`) rather than from scoring
+        every host: for spread, where the index is (PostgreSQL; bench/fleet.py measures what it is worth)."""
+        return self.postgres and policy == SPREAD
+
+    def _walk(
+        self,
+        fits: str,
+        score: str,
+        params: dict[str, Any],
+        where: str,
+        every_host: Callable[[int], list[str]],
+    ) -> Callable[[int], list[str]]:
+        """`fetch(take)` for spread by the room index: read fitting hosts from the most room down, in growing
+        batches, until the `take`-th best score beats the room of every host not yet read. A charge only
+        lowers a host's room (core.placement.room), so no unread host can score above the room where the
+        walk stopped; ties are read on, not guessed. A request much larger than the hosts' room ranks them
+        unlike their room does (a big VM takes a bigger share of a small host): when the walk has read
+        `_WALK_ROWS` without settling, every fitting host is ranked instead (`every_host`)."""
+        head = f"SELECT h.host_id, {score} AS score, h.room FROM hosts h WHERE {where} AND {fits}"
+        order = "ORDER BY h.room DESC, h.host_id LIMIT :batch"
+        first = _statement(f"{head} {order}")
+        after = _statement(f"{head} AND h.room <= :room AND (h.room < :room OR h.host_id > :after) {order}")
+
+        def fetch(take: int) -> list[str]:
+            seen: list[tuple[str, float]] = []
+            batch = take * 2
+            with self.db.read() as conn:
+                conn.execute(_INDEX_ONLY)  # the planner would rather scan all: reading down the index is less
+                rows = conn.execute(first, {**params, "batch": batch}).all()
+                while True:
+                    seen.extend((str(r[0]), float(r[1])) for r in rows)
+                    if len(rows) < batch:  # every fitting host has been read
+                        break
+                    best = ranked(seen, SPREAD)[:take]
+                    unread_at_most = float(rows[-1][2])
+                    if len(best) == take and best[-1][1] > unread_at_most:
+                        break
+                    if len(seen) >= _WALK_ROWS:
+                        return every_host(take)
+                    batch *= 2
+                    bounds = {"batch": batch, "room": unread_at_most, "after": str(rows[-1][0])}
+                    rows = conn.execute(after, {**params, **bounds}).all()
+            return [host for host, _ in ranked(seen, SPREAD)[:take]]
+
+        return fetch
+
+    def _excluding(self, exclude: Sequence[str], params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The WHERE condition that leaves out `exclude`, and the parameters with the list bound."""
+        if not exclude:
+            return "1 = 1", params
+        return "h.host_id NOT IN :exclude", {**params, "exclude": list(exclude)}
 
     def _looking_further(
-        self,
-        query: Any,
-        params: dict[str, Any],
-        exclude: Sequence[str],
-        request: AllocationRequest,
-        limit: int,
-    ) -> tuple[Sequence[Any], list[Candidate], dict[str, int]]:
-        """Run `query` (its `best` rows: host ids, best first) until `decide` confirms `limit` of them or the
-        hosts run out: the rows, the confirmed candidates, and what decide turned down by resource."""
-        if exclude:
-            query = query.bindparams(bindparam("exclude", expanding=True))
-            params["exclude"] = list(exclude)
+        self, fetch: Callable[[int], list[str]], request: AllocationRequest, limit: int
+    ) -> tuple[list[Candidate], dict[str, int]]:
+        """Fetch the best host ids (`fetch(take)`, best first) until `decide` confirms `limit` of them or the
+        hosts run out: the confirmed candidates, and what decide turned down by resource."""
         take = limit + _MARGIN
         while True:
-            with self.db.read() as conn:
-                rows = conn.execute(query, {**params, "take": take}).all()
-            best = [str(r[2]) for r in rows if r[0] == "best"]
+            best = fetch(take)
             candidates, refused = self._confirmed(best, request, limit)
             if len(candidates) >= limit or len(best) < take:
-                return rows, candidates, refused
+                return candidates, refused
             take *= 2  # the decision turned some down: look further
 
     def status(self) -> list[dict[str, Any]]:
@@ -244,8 +320,8 @@ class Fleet:
         for position in CHECK_ORDER:
             resource = RESOURCES[position].value
             amount = charge[resource]
-            if amount != "0":
-                reasons.append((f"{amount} > 0 AND {amount} > h.avail_{resource}", resource))
+            if amount != "0":  # avail_* is never negative: an amount of 0 never exceeds it
+                reasons.append((f"{amount} > h.avail_{resource}", resource))
         if request.wants_gpu:
             reasons.append((self._gpu_short(request, params), GPU))
         least = "LEAST" if self.postgres else "min"
@@ -315,6 +391,14 @@ class Fleet:
 
     def _label_key(self, name: str) -> str:
         return name if self.postgres else f'$."{name}"'
+
+
+def _statement(sql: str) -> TextClause:
+    """`sql` as a statement; an `exclude` list in it is bound as one parameter per host id."""
+    statement = text(sql)
+    if ":exclude" in sql:
+        statement = statement.bindparams(bindparam("exclude", expanding=True))
+    return statement
 
 
 def _candidate(state: HostState, admit: Admit) -> Candidate:

@@ -106,6 +106,8 @@ class Host(Base):
     avail_disk: Mapped[int] = mapped_column(Amount, default=0)
     avail_network: Mapped[int] = mapped_column(Amount, default=0)
     avail_disk_io: Mapped[int] = mapped_column(Amount, default=0)
+    # core.placement.room of the avail_* above, written with them: spread placement walks its index
+    room: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
     gpu_total: Mapped[int] = mapped_column(Integer, default=0)
     gpu_busy: Mapped[int] = mapped_column(Integer, default=0)  # slots discovery saw in use (vfio / mdev)
     # allocated = what active instances, volumes, images and the OCI cache hold
@@ -125,6 +127,13 @@ class Host(Base):
     pend_network: Mapped[int] = mapped_column(Amount, default=0)
     pend_disk_io: Mapped[int] = mapped_column(Amount, default=0)
     pend_gpu: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# Spread placement walks hosts from the most room down (store/fleet.py). PostgreSQL only: on SQLite it would
+# add a b-tree write to every admission, and a search there reads its few thousand hosts at once anyway.
+ROOM_INDEX = "ix_hosts_room"
+Index(ROOM_INDEX, Host.room.desc(), Host.host_id).ddl_if(dialect="postgresql")
+POSTGRESQL_ONLY_INDEXES = frozenset({ROOM_INDEX})
 
 
 class HostCapacity(Base):

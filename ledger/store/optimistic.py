@@ -38,7 +38,7 @@ from ledger.store.admission import Admission, Answer, HostAsk
 from ledger.store.database import Database
 from ledger.store.rows import HOLD_COLUMNS, LOG_COLUMNS
 from ledger.store.sql import allocation_log, reservations
-from ledger.store.totals import AVAIL_COLUMNS, PEND_COLUMN, left
+from ledger.store.totals import DERIVED_COLUMNS, PEND_COLUMN, derived
 from ledger.store.tx import LockedHost
 
 _PEND = (*(PEND_COLUMN[r] for r in RESOURCES), "pend_gpu")
@@ -116,7 +116,7 @@ class OptimisticAdmission:
         keys = sorted({ask.key for ask in group if ask.key is not None})
         params: list[Any] = [
             *(after.totals[c] for c in _PEND),
-            *left(after.totals, after.limits),
+            *derived(after.totals, after.limits),
             self.db.sql.bind_time(after.next_expiry),
             host_id,
             seen.revision,
@@ -213,7 +213,8 @@ class OptimisticAdmission:
             else ""
         )
         moved = (
-            f"UPDATE hosts SET {', '.join(f'{c} = %s' for c in (*_PEND, *AVAIL_COLUMNS))}, next_expiry = %s, "
+            f"UPDATE hosts SET {', '.join(f'{c} = %s' for c in (*_PEND, *DERIVED_COLUMNS))}, "
+            "next_expiry = %s, "
             f"revision = revision + 1 WHERE host_id = %s AND revision = %s{unseen} RETURNING 1"
         )
         ctes = [

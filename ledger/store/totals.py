@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from ledger.core.capacity import available
+from ledger.core.placement import room
 from ledger.core.resources import RESOURCES, ResourceType
 
 ALLOC_COLUMNS: Final = {
@@ -36,6 +37,8 @@ TOTAL_COLUMNS: Final = (
 # kept on the host row for fleet searches: each resource's effective limit, and what is left of it
 LIMIT_COLUMNS: Final = tuple(f"limit_{r.value}" for r in RESOURCES)
 AVAIL_COLUMNS: Final = tuple(f"avail_{r.value}" for r in RESOURCES)
+# written with the totals, from them and the limits: what is left of each limit, and the host's room
+DERIVED_COLUMNS: Final = (*AVAIL_COLUMNS, "room")
 # per history column (cpu, memory, disk, network, disk I/O, GPU): the totals it adds up, in both buckets
 RESOURCE_PARTS: Final = (
     ("alloc_cpu", "pend_cpu"),
@@ -63,6 +66,12 @@ def pending(totals: Mapping[str, int]) -> tuple[int, ...]:
 def left(totals: Mapping[str, int], limits: Sequence[int]) -> tuple[int, ...]:
     """What is available of each resource (RESOURCES order): the one formula, core.capacity.available."""
     return tuple(map(available, limits, allocated(totals), pending(totals)))
+
+
+def derived(totals: Mapping[str, int], limits: Sequence[int]) -> tuple[Any, ...]:
+    """The DERIVED_COLUMNS' values: `left` per resource, then `core.placement.room` of it."""
+    free = left(totals, limits)
+    return (*free, room(limits, free))
 
 
 def pending_delta(before: Sequence[int], after: Sequence[int], gpu: int) -> Totals:

@@ -19,17 +19,19 @@ from sqlalchemy import JSON, Connection
 
 from ledger.core.admission import check_totals
 from ledger.core.errors import UnknownHost
+from ledger.core.placement import room
 from ledger.core.results import EXPIRED, HELD
 from ledger.store.rows import HOLD_AMOUNTS, HOLD_COLUMNS, LOG_COLUMNS, Delta, hold_delta, log_row
 from ledger.store.sql import Cursor, Sql, hosts
-from ledger.store.totals import AVAIL_COLUMNS, LIMIT_COLUMNS, TOTAL_COLUMNS, allocated, left, pending
+from ledger.store.totals import DERIVED_COLUMNS, LIMIT_COLUMNS, TOTAL_COLUMNS, allocated, derived, pending
 
 # The value each NOT NULL column of a fresh host row starts with (the JSON labels: an empty object).
-_FRESH_HOST = {
+_FRESH_HOST: dict[str, object] = {
     c.name: "{}" if isinstance(c.type, JSON) else 0
     for c in hosts.c
     if not c.nullable and c.name not in {"host_id", "created_at", "updated_at"}
 }
+_FRESH_HOST["room"] = room((0,) * len(LIMIT_COLUMNS), (0,) * len(LIMIT_COLUMNS))  # no limit: all room
 HOST_COLUMNS = (
     "host_id",
     "capacity_version",
@@ -79,9 +81,8 @@ class LockedHost:
         )
 
     def row(self, columns: Sequence[str] = TOTAL_COLUMNS) -> tuple[Any, ...]:
-        """What `write_host` sets: the totals `columns` and what is left of each limit (then next_expiry,
-        host)."""
-        return (*(self.totals[c] for c in columns), *left(self.totals, self.limits))
+        """What `write_host` sets: the totals `columns` and the DERIVED_COLUMNS (then next_expiry, host)."""
+        return (*(self.totals[c] for c in columns), *derived(self.totals, self.limits))
 
     def snapshot(self) -> LockedHost:
         return LockedHost(
@@ -126,10 +127,10 @@ class Statements:
         self.insert_log = sql.insert("allocation_log", LOG_COLUMNS)
 
     def host_writer(self, totals: Sequence[str]) -> str:
-        """UPDATE of a host row: `totals`, every avail_* (limits may have changed too), next_expiry."""
+        """UPDATE of a host row: `totals`, every derived column (limits may have changed too), next_expiry."""
         m = self.sql.mark
         return (
-            f"UPDATE hosts SET {', '.join(f'{c} = {m}' for c in (*totals, *AVAIL_COLUMNS))}, "
+            f"UPDATE hosts SET {', '.join(f'{c} = {m}' for c in (*totals, *DERIVED_COLUMNS))}, "
             f"next_expiry = {m}, revision = revision + 1 WHERE host_id = {m}"
         )
 
