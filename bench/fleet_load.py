@@ -39,7 +39,6 @@ from ledger.core.resources import RESOURCES, ResourceType, Source
 from ledger.store.entity_rows import values
 from ledger.store.sql import capacities, hosts, instances
 from ledger.store.totals import (
-    AVAIL_COLUMNS,
     DERIVED_COLUMNS,
     LIMIT_COLUMNS,
     TOTAL_COLUMNS,
@@ -184,7 +183,7 @@ def _host_row(host: _Host, now: datetime) -> dict[str, Any]:
         "capacity_cpu": found[ResourceType.CPU],
         "capacity_network": found[ResourceType.NETWORK],
         "capacity_disk_io": found[ResourceType.DISK_IO],
-        **dict(zip(AVAIL_COLUMNS, host.limits, strict=True)),  # nothing allocated yet
+        **dict(zip(DERIVED_COLUMNS, derived(host.totals, host.limits), strict=True)),  # nothing allocated yet
         "gpu_total": 0,
         "gpu_busy": 0,
         **host.totals,

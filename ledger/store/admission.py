@@ -89,11 +89,21 @@ class Admission:
                 tx.hold_expiring(host, plan.earliest)
             for index, answer in zip(indices, plan.answers, strict=True):
                 answers[index] = answer
-                key = asks[index][1].key
-                if fleet_keys and key is not None and isinstance(answer, Grant) and not answer.replayed:
-                    created = self.sql.bind_time(self.clock())
-                    tx.placements.append((key, host_id, answer.reservation_id, created))
+            if fleet_keys:
+                group = [asks[index][1] for index in indices]
+                tx.placements.extend(self.placements(host_id, group, plan.answers))
         return answers  # type: ignore[return-value]  # every index was answered above
+
+    def placements(
+        self, host_id: str, group: Sequence[Ask], answers: Sequence[Answer]
+    ) -> list[tuple[Any, ...]]:
+        """`place`'s rows (PLACEMENT_COLUMNS): each new hold's idempotency key, unique across the fleet."""
+        created = self.sql.bind_time(self.clock())
+        return [
+            (ask.key, host_id, answer.reservation_id, created)
+            for ask, answer in zip(group, answers, strict=True)
+            if ask.key is not None and isinstance(answer, Grant) and not answer.replayed
+        ]
 
     def decide(self, state: HostState, group: Sequence[Ask], earlier: dict[str, EarlierHold]) -> Decision:
         return decide(state, group, earlier, self.defaults, self.reservation_ttl)

@@ -13,9 +13,10 @@ extreme host may be ranked on an approximation; `decide` still confirms it); Pos
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import TextClause, bindparam, text
@@ -31,7 +32,7 @@ from ledger.store.hosts import Hosts
 from ledger.store.tx import HOST_COLUMNS, LockedHost
 
 _MARGIN = 8  # extra rows fetched beyond `limit`, in case decide turns one down
-_WALK_ROWS = 512  # fitting hosts a walk down the room index reads before it ranks every host instead
+_WALK_ROWS = 2048  # fitting hosts a walk down the room index reads before it ranks every host instead
 # for the rest of a walk's transaction: down the room index, not a scan and a sort of every host
 _INDEX_ONLY = text(
     "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)"
@@ -51,6 +52,7 @@ class Candidate:
     host_id: str
     available: Mapping[str, int]
     score: float
+    read: LockedHost | None = field(default=None, compare=False, repr=False)  # the row as the search read it
 
     def to_dict(self) -> dict[str, Any]:
         return {"host": self.host_id, "available": dict(self.available), "score": self.score}
@@ -188,29 +190,43 @@ class Fleet:
         `_WALK_ROWS` without settling, every fitting host is ranked instead (`every_host`)."""
         head = f"SELECT h.host_id, {score} AS score, h.room FROM hosts h WHERE {where} AND {fits}"
         order = "ORDER BY h.room DESC, h.host_id LIMIT :batch"
-        first = _statement(f"{head} {order}")
-        after = _statement(f"{head} AND h.room <= :room AND (h.room < :room OR h.host_id > :after) {order}")
+        # per batch, only what the walk needs back: the batch's best `take`, and its last row and size
+        answer = (
+            "SELECT 'best', host_id, score, CAST(NULL AS FLOAT), CAST(NULL AS BIGINT) FROM "
+            "(SELECT host_id, score FROM batch ORDER BY score DESC, host_id LIMIT :take) best "
+            "UNION ALL SELECT * FROM (SELECT 'last', host_id, CAST(NULL AS FLOAT), room, "
+            "(SELECT count(*) FROM batch) FROM batch ORDER BY room, host_id DESC LIMIT 1) last"
+        )
+        first = _statement(f"WITH batch AS MATERIALIZED ({head} {order}) {answer}")
+        after = _statement(
+            f"WITH batch AS MATERIALIZED ({head} AND h.room <= :room "
+            f"AND (h.room < :room OR h.host_id > :after) {order}) {answer}"
+        )
 
         def fetch(take: int) -> list[str]:
-            seen: list[tuple[str, float]] = []
-            batch = take * 2
+            best: list[tuple[str, float]] = []
+            batch, read = take * 2, 0
             with self.db.read() as conn:
                 conn.execute(_INDEX_ONLY)  # the planner would rather scan all: reading down the index is less
-                rows = conn.execute(first, {**params, "batch": batch}).all()
+                rows = conn.execute(first, {**params, "batch": batch, "take": take}).all()
                 while True:
-                    seen.extend((str(r[0]), float(r[1])) for r in rows)
-                    if len(rows) < batch:  # every fitting host has been read
+                    best = ranked(
+                        [*best, *((str(r[1]), float(r[2])) for r in rows if r[0] == "best")], SPREAD
+                    )
+                    best = best[:take]
+                    last = next((r for r in rows if r[0] == "last"), None)
+                    if last is None or int(last[4]) < batch:  # every fitting host has been read
                         break
-                    best = ranked(seen, SPREAD)[:take]
-                    unread_at_most = float(rows[-1][2])
+                    read += batch
+                    unread_at_most = float(last[3])
                     if len(best) == take and best[-1][1] > unread_at_most:
                         break
-                    if len(seen) >= _WALK_ROWS:
+                    if read >= _WALK_ROWS:
                         return every_host(take)
                     batch *= 2
-                    bounds = {"batch": batch, "room": unread_at_most, "after": str(rows[-1][0])}
+                    bounds = {"batch": batch, "take": take, "room": unread_at_most, "after": str(last[1])}
                     rows = conn.execute(after, {**params, **bounds}).all()
-            return [host for host, _ in ranked(seen, SPREAD)[:take]]
+            return [host for host, _ in best]
 
         return fetch
 
@@ -262,16 +278,21 @@ class Fleet:
 
     def states(self, host_ids: Sequence[str]) -> dict[str, HostState]:
         """The hosts as a search reads them (not locked; expired holds still count until swept)."""
+        return {host_id: state for host_id, (_, state) in self._read(host_ids).items()}
+
+    def _read(self, host_ids: Sequence[str]) -> dict[str, tuple[LockedHost, HostState]]:
+        """The hosts' rows and what admission would decide on, as read now (not locked)."""
         query = text(f"SELECT {', '.join(HOST_COLUMNS)} FROM hosts WHERE host_id IN :ids").bindparams(
             bindparam("ids", expanding=True)
         )
         with self.db.read() as conn:
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             try:
-                return {
-                    row[0]: self.hosts.state(cursor, self._host(row))
-                    for row in conn.execute(query, {"ids": list(host_ids)})
-                }
+                found = {}
+                for row in conn.execute(query, {"ids": list(host_ids)}):
+                    host = self._host(row)
+                    found[host.host_id] = (host, self.hosts.state(cursor, host))
+                return found
             finally:
                 cursor.close()
 
@@ -279,15 +300,15 @@ class Fleet:
         self, best: Sequence[str], request: AllocationRequest, limit: int
     ) -> tuple[list[Candidate], dict[str, int]]:
         """The best hosts, in order, each decided again by `decide`; what it turned down, by resource."""
-        states = self.states(best) if best else {}
+        read = self._read(best) if best else {}
         found: list[Candidate] = []
         refused: dict[str, int] = {}
         for host_id in best:
-            state = states[host_id]
+            host, state = read[host_id]
             verdict = decide(state, [Ask(request)], {}, self.defaults, self.reservation_ttl).outcomes[0]
             if isinstance(verdict, Admit):
                 if len(found) < limit:
-                    found.append(_candidate(state, verdict))
+                    found.append(_candidate(host, state, verdict))
             else:
                 name = str(getattr(verdict, "details", {}).get("resource", GPU))
                 refused[name] = refused.get(name, 0) + 1
@@ -393,6 +414,7 @@ class Fleet:
         return name if self.postgres else f'$."{name}"'
 
 
+@functools.lru_cache(maxsize=256)  # a search has few shapes: parse each one's SQL once, not per call
 def _statement(sql: str) -> TextClause:
     """`sql` as a statement; an `exclude` list in it is bound as one parameter per host id."""
     statement = text(sql)
@@ -401,6 +423,6 @@ def _statement(sql: str) -> TextClause:
     return statement
 
 
-def _candidate(state: HostState, admit: Admit) -> Candidate:
+def _candidate(host: LockedHost, state: HostState, admit: Admit) -> Candidate:
     left = {r.value: state.status(r).available for r in RESOURCES}
-    return Candidate(state.host_id, left, room_after(state, admit.charge))
+    return Candidate(state.host_id, left, room_after(state, admit.charge), host)

@@ -72,13 +72,13 @@ class Ledger:
         self.entities = Entities(self.db, self.hosts, self.reservations, self.defaults)
         self._status = Status(self.db, self.hosts)
         self.fleet = Fleet(self.db, self.hosts, self.defaults, reservation_ttl)
-        self.placer = Placer(self.db, self.fleet, self.admission)
         self.letters = DeadLetters(self.db)  # events that could not be applied
         self.usage = UsageStore(self.db)  # what VMs really use: beside the ledger, never part of its totals
         # PostgreSQL only (one round trip instead of four); `optimistic=False` measures what it is worth
         self.optimistic = (
             OptimisticAdmission(self.db, self.admission) if optimistic and not self.db.sqlite else None
         )
+        self.placer = Placer(self.db, self.fleet, self.admission, self.optimistic)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True, read_only: bool = False, **options: Any) -> Ledger:

@@ -36,8 +36,8 @@ from ledger.core.errors import Unavailable
 from ledger.core.resources import RESOURCES
 from ledger.store.admission import Admission, Answer, HostAsk
 from ledger.store.database import Database
-from ledger.store.rows import HOLD_COLUMNS, LOG_COLUMNS
-from ledger.store.sql import allocation_log, reservations
+from ledger.store.rows import HOLD_COLUMNS, LOG_COLUMNS, PLACEMENT_COLUMNS
+from ledger.store.sql import allocation_log, placements, reservations
 from ledger.store.totals import DERIVED_COLUMNS, PEND_COLUMN, derived
 from ledger.store.tx import LockedHost
 
@@ -46,7 +46,7 @@ _MAX_SHAPES = 512
 CONNECT_TIMEOUT_S = 10
 RECONNECT_PAUSE_S = 5.0
 
-Shape = tuple[int, int, int]  # idempotency keys, holds, history rows
+Shape = tuple[int, int, int, int]  # idempotency keys, holds, history rows, fleet-wide place keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,19 +66,23 @@ class OptimisticAdmission:
         dialect = db.engine.dialect
         self._typed_hold = _typed_row(reservations, HOLD_COLUMNS, dialect)
         self._typed_log = _typed_row(allocation_log, LOG_COLUMNS, dialect)
+        self._typed_placement = _typed_row(placements, PLACEMENT_COLUMNS, dialect)
         self._statements: dict[Shape, str] = {}
-        self._connection: PoolProxiedConnection | None = None  # its own, in autocommit
-        self._in_use = threading.Lock()
+        # one autocommit connection per thread that admits (the admission thread; place's request threads)
+        self._local = threading.local()
+        self._connections: set[PoolProxiedConnection] = set()
+        self._registry = threading.Lock()
         self._async_connection: Any = None  # likewise, for `admit_async` on an event loop
         self._async_busy = False
         self._async_retry_at = 0.0  # after a failed connect, the loop path waits this long (monotonic)
         self.admitted_groups = 0  # how many groups this strategy settled (tests check it carries the load)
 
     def close(self) -> None:
-        with self._in_use:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        with self._registry:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.close()
         connection, self._async_connection = self._async_connection, None
         if connection is not None:  # `aclose` was not awaited: close its socket without a loop
             connection.pgconn.finish()
@@ -91,11 +95,15 @@ class OptimisticAdmission:
 
     # ---- the plan: the shared decision and rows, on the committed state ---------------------------------
 
-    def _plan(self, asks: Sequence[HostAsk]) -> _Plan | None:
+    def _plan(
+        self, asks: Sequence[HostAsk], read: LockedHost | None = None, fleet_keys: bool = False
+    ) -> _Plan | None:
         host_id = asks[0][0]
         if any(host != host_id for host, _ in asks):
             return None
         seen = self.db.committed.get(host_id)
+        if read is not None and (seen is None or read.revision > seen.revision):
+            seen = read  # a caller's own read of the host (place's search) is newer than ours
         if seen is None or (seen.next_expiry is not None and self.db.clock() >= seen.next_expiry):
             return None
         limits = self.admission.hosts.cached(host_id, seen.capacity_version)
@@ -125,7 +133,10 @@ class OptimisticAdmission:
             params += [host_id, *keys]
         params += [value for row in plan.holds for value in row]
         params += [value for row in plan.logs for value in row]
-        return _Plan((len(keys), len(plan.holds), len(plan.logs)), params, plan.answers, after)
+        placed = self.admission.placements(host_id, group, plan.answers) if fleet_keys else []
+        params += [value for row in placed for value in row]
+        shape = (len(keys), len(plan.holds), len(plan.logs), len(placed))
+        return _Plan(shape, params, plan.answers, after)
 
     def _done(self, plan: _Plan, found: Any) -> list[Answer] | None:
         if found is None or found[0] != 1:
@@ -136,34 +147,36 @@ class OptimisticAdmission:
 
     # ---- running it -------------------------------------------------------------------------------------
 
-    def admit(self, asks: Sequence[HostAsk]) -> list[Answer] | None:
+    def admit(
+        self, asks: Sequence[HostAsk], *, read: LockedHost | None = None, fleet_keys: bool = False
+    ) -> list[Answer] | None:
         """On a thread: the answers, written in one autocommit statement, or None (nothing written).
+        `read`: the host as the caller read it, decided on if newer than this process's last commit;
+        `fleet_keys`: record new holds' keys as fleet-wide `place` keys (a key placed elsewhere meanwhile
+        fails the statement, and the caller's locked path replays that placement).
 
         Raises Unavailable when the connection fails under the statement: it may have committed or not, and
         deciding again elsewhere could hold twice. A retry with the same idempotency key is safe.
         """
-        plan = self._plan(asks)
-        if plan is None or not self._in_use.acquire(blocking=False):
+        plan = self._plan(asks, read, fleet_keys)
+        if plan is None:
+            return None
+        import psycopg  # here: a SQLite-only process (and every CLI start) need not load it
+
+        try:
+            connection = self._autocommit_connection()
+        except Exception:  # unreachable now: the locked path reports it properly
             return None
         try:
-            import psycopg  # here: a SQLite-only process (and every CLI start) need not load it
-
-            try:
-                connection = self._autocommit_connection()
-            except Exception:  # unreachable now: the locked path reports it properly
+            with connection.cursor() as cursor:
+                cursor.execute(self._statement(plan.shape), plan.params)
+                found = cursor.fetchone()
+        except psycopg.Error as exc:
+            if _refused(exc, connection):
                 return None
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute(self._statement(plan.shape), plan.params)
-                    found = cursor.fetchone()
-            except psycopg.Error as exc:
-                if _refused(exc, connection):
-                    return None
-                self._drop_connection()
-                raise Unavailable(f"database unavailable: {str(exc).strip()}") from exc
-            return self._done(plan, found)
-        finally:
-            self._in_use.release()
+            self._drop_connection()
+            raise Unavailable(f"database unavailable: {str(exc).strip()}") from exc
+        return self._done(plan, found)
 
     async def admit_async(self, asks: Sequence[HostAsk]) -> list[Answer] | None:
         """`admit` for an event loop, on an async connection of its own: it never blocks the loop, and saves
@@ -205,7 +218,7 @@ class OptimisticAdmission:
 
     def _build(self, shape: Shape) -> str:
         """The statement for one shape of group; parameters in the order `_plan` lists them."""
-        keys, holds, logs = shape
+        keys, holds, logs, placed = shape
         unseen = (
             " AND NOT EXISTS (SELECT 1 FROM reservations"
             f" WHERE host_id = %s AND idempotency_key IN ({', '.join(['%s'] * keys)}))"
@@ -223,6 +236,9 @@ class OptimisticAdmission:
         ]
         if logs:
             ctes.append(f"new_logs AS ({_insert_rows('allocation_log', LOG_COLUMNS, self._typed_log, logs)})")
+        if placed:
+            rows = _insert_rows("placements", PLACEMENT_COLUMNS, self._typed_placement, placed)
+            ctes.append(f"new_placements AS ({rows})")
         return f"WITH {', '.join(ctes)} SELECT count(*) FROM moved"
 
     async def _async_autocommit_connection(self) -> Any:
@@ -237,7 +253,8 @@ class OptimisticAdmission:
         return self._async_connection
 
     def _autocommit_connection(self) -> Any:
-        if self._connection is None:
+        pooled: PoolProxiedConnection | None = getattr(self._local, "connection", None)
+        if pooled is None:
             pooled = self.db.engine.raw_connection()
             pooled.detach()  # autocommit is its own setting: it never goes back to the pool
             try:
@@ -245,12 +262,17 @@ class OptimisticAdmission:
             except Exception:
                 pooled.close()
                 raise
-            self._connection = pooled
-        return self._connection.dbapi_connection
+            self._local.connection = pooled
+            with self._registry:
+                self._connections.add(pooled)
+        return pooled.dbapi_connection
 
     def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
+        connection: PoolProxiedConnection | None = getattr(self._local, "connection", None)
+        self._local.connection = None
         if connection is not None:
+            with self._registry:
+                self._connections.discard(connection)
             with contextlib.suppress(Exception):  # broken already; a new one is made next time
                 connection.close()
 

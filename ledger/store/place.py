@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import select, text
+from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import IntegrityError
 
 from ledger.core.charges import Ask
@@ -21,7 +21,9 @@ from ledger.core.errors import InsufficientResources, LedgerError
 from ledger.store.admission import Admission, Answer
 from ledger.store.database import Database
 from ledger.store.fleet import Fleet, Search
+from ledger.store.optimistic import OptimisticAdmission
 from ledger.store.sql import placements as placements_table
+from ledger.store.tx import LockedHost
 
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
@@ -29,8 +31,11 @@ _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 class Placer:
     """Places one ask on the best host that takes it (see the module docstring)."""
 
-    def __init__(self, db: Database, fleet: Fleet, admission: Admission) -> None:
+    def __init__(
+        self, db: Database, fleet: Fleet, admission: Admission, optimistic: OptimisticAdmission | None
+    ) -> None:
         self.db = db
+        self.optimistic = optimistic
         self.fleet = fleet
         self.admission = admission
         self._duplicates = (IntegrityError, db.engine.dialect.loaded_dbapi.IntegrityError)
@@ -48,8 +53,7 @@ class Placer:
         """The grant (its host named in it), or why not: the search's summary when no host fits."""
         if ask.key is None:
             return self._place(ask, labels, exclude, policy, attempts)
-        with self._only_call_with(ask.key):
-            host = self.placed(ask.key)
+        with self._only_call_with(ask.key) as host:
             if host is not None:
                 return self._on(host, ask)
             return self._place(ask, labels, exclude, policy, attempts)
@@ -61,7 +65,7 @@ class Placer:
         candidates = self.fleet.best(request, labels=labels, exclude=exclude, policy=policy, limit=attempts)
         for candidate in candidates:
             try:
-                answer = self._on(candidate.host_id, ask)
+                answer = self._on(candidate.host_id, ask, candidate.read)
             except self._duplicates:  # another caller placed the same key meanwhile: answer as it did
                 assert ask.key is not None
                 host = self.placed(ask.key)
@@ -75,30 +79,41 @@ class Placer:
         return _refusal(search, taken=len(candidates))
 
     @contextmanager
-    def _only_call_with(self, key: str) -> Iterator[None]:
-        """Calls with the same key, one at a time across every replica: a twin sent at the same moment
-        waits, then finds the first one's grant (or is refused as it was), instead of searching alongside
-        it and being refused for the room the first one took. PostgreSQL: a transaction-scoped advisory
-        lock on the key's hash (a collision only makes two keys wait for each other); SQLite, whose one
-        writer is this process: a lock per stripe of keys."""
+    def _only_call_with(self, key: str) -> Iterator[str | None]:
+        """Calls with the same key, one at a time across every replica, each told where an earlier one
+        placed it (None: nowhere yet): a twin sent at the same moment waits, then finds the first one's
+        grant (or is refused as it was), instead of searching alongside it and being refused for the room
+        the first one took. PostgreSQL: a transaction-scoped advisory lock on the key's hash (a collision
+        only makes two keys wait for each other), and the lookup in the same transaction; SQLite, whose
+        one writer is this process: a lock per stripe of keys."""
         if self.db.sqlite:
             with self._stripes[hash(key) % len(self._stripes)]:
-                yield
+                yield self.placed(key)
             return
         with self.db.engine.connect() as conn, conn.begin():
             conn.execute(_ADVISORY_LOCK, {"key": key})
-            yield
+            yield _placed(conn, key)
 
     def placed(self, key: str) -> str | None:
         """The host a `place` with this key reserved on, if one did."""
         with self.db.read() as conn:
-            found = conn.execute(
-                select(placements_table.c.host_id).where(placements_table.c.idempotency_key == key)
-            ).scalar_one_or_none()
-        return None if found is None else str(found)
+            return _placed(conn, key)
 
-    def _on(self, host: str, ask: Ask) -> Answer:
+    def _on(self, host: str, ask: Ask, read: LockedHost | None = None) -> Answer:
+        """Hold `ask` on `host`: in one statement decided on the search's `read` of it when no one has
+        written the host since (PostgreSQL; store/optimistic.py), else in a transaction that locks it."""
+        if self.optimistic is not None and read is not None:
+            answers = self.optimistic.admit([(host, ask)], read=read, fleet_keys=True)
+            if answers is not None:
+                return answers[0]
         return self.db.retrying(lambda tx: self.admission.admit(tx, [(host, ask)], fleet_keys=True)[0])
+
+
+def _placed(conn: Connection, key: str) -> str | None:
+    found = conn.execute(
+        select(placements_table.c.host_id).where(placements_table.c.idempotency_key == key)
+    ).scalar_one_or_none()
+    return None if found is None else str(found)
 
 
 def _refusal(search: Search, taken: int) -> LedgerError:

@@ -60,6 +60,8 @@ LOG_COLUMNS: Final = (
     "disk_io_bps",
     "gpu",
 )
+# a `place` idempotency key and where it was held (unique across the fleet)
+PLACEMENT_COLUMNS: Final = ("idempotency_key", "host_id", "reservation_id", "created_at")
 MAX_CAUSE_LENGTH: Final = 255
 
 Delta = Mapping[str, int]  # hosts-table total column → change

@@ -21,7 +21,15 @@ from ledger.core.admission import check_totals
 from ledger.core.errors import UnknownHost
 from ledger.core.placement import room
 from ledger.core.results import EXPIRED, HELD
-from ledger.store.rows import HOLD_AMOUNTS, HOLD_COLUMNS, LOG_COLUMNS, Delta, hold_delta, log_row
+from ledger.store.rows import (
+    HOLD_AMOUNTS,
+    HOLD_COLUMNS,
+    LOG_COLUMNS,
+    PLACEMENT_COLUMNS,
+    Delta,
+    hold_delta,
+    log_row,
+)
 from ledger.store.sql import Cursor, Sql, hosts
 from ledger.store.totals import DERIVED_COLUMNS, LIMIT_COLUMNS, TOTAL_COLUMNS, allocated, derived, pending
 
@@ -121,9 +129,7 @@ class Statements:
         # `flush` sets only the totals a transaction moved (a hold moves 6 of 19): one statement per set
         self._host_writers: dict[tuple[str, ...], str] = {}
         self.insert_hold = sql.insert("reservations", HOLD_COLUMNS)
-        self.insert_placement = sql.insert(
-            "placements", ("idempotency_key", "host_id", "reservation_id", "created_at")
-        )
+        self.insert_placement = sql.insert("placements", PLACEMENT_COLUMNS)
         self.insert_log = sql.insert("allocation_log", LOG_COLUMNS)
 
     def host_writer(self, totals: Sequence[str]) -> str:

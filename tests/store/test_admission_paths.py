@@ -197,6 +197,48 @@ def test_postgresql_grants_a_plain_group_in_one_round_trip(pg_url: str) -> None:
         ledger.close()
 
 
+def test_place_holds_in_one_statement_on_what_its_search_read(pg_url: str) -> None:
+    """`place` decides on the host row its search just read and writes the hold, its history and its
+    fleet-wide key in one statement; a retry with the key finds that placement. When another process
+    (replica) wrote the host after the search read it, the statement writes nothing and the locked path
+    holds instead: nothing is held twice."""
+    writer = Ledger.open(pg_url, migrate=False)
+    other = Ledger.open(pg_url, migrate=False)  # another replica: its own committed view of the host
+    host = f"pl-{uuid.uuid4().hex[:8]}"
+    try:
+        writer.register_host(
+            host, capacities(cpu=4, memory=8 * GIB), {ResourceType.CPU: 1.0}, labels={"z": host}
+        )
+        placer = Ledger.open(pg_url, migrate=False)  # has never written the host: only its search read it
+        try:
+            assert placer.optimistic is not None
+            key = f"k-{host}"
+            first = placer.place(Ask(AllocationRequest(vcpus=1), key, None), labels={"z": host})
+            assert first.host_id == host and placer.optimistic.admitted_groups == 1
+            again = placer.place(Ask(AllocationRequest(vcpus=1), key, None), labels={"z": host})
+            assert again.reservation_id == first.reservation_id and again.replayed
+            assert placer.optimistic.admitted_groups == 1
+            # the search reads revision n, then another replica writes the host: the statement finds n+1
+            search = placer.fleet.best
+
+            def stale_search(*args: Any, **kwargs: Any) -> Any:
+                found = search(*args, **kwargs)
+                other.reserve(host, AllocationRequest(vcpus=1))
+                return found
+
+            placer.fleet.best = stale_search  # type: ignore[method-assign]
+            third = placer.place(Ask(AllocationRequest(vcpus=1), f"k2-{host}", None), labels={"z": host})
+            assert third.host_id == host and placer.optimistic.admitted_groups == 1  # the locked path
+            assert writer.status(host, ResourceType.CPU).pending == 3
+            assert writer.reservation_by_key(host, f"k2-{host}").reservation_id == third.reservation_id
+            assert writer.drift() == []
+        finally:
+            placer.close()
+    finally:
+        other.close()
+        writer.close()
+
+
 def test_try_reserve_many_returns_none_at_once_while_another_process_writes(sqlite_url: str) -> None:
     ledger = Ledger.open(sqlite_url, migrate=False)
     host = f"try-{uuid.uuid4().hex[:8]}"
@@ -297,7 +339,7 @@ def test_the_one_round_trip_path_answers_unavailable_for_a_killed_connection_the
         ledger.register_host(host, capacities(cpu=8, memory=GIB), {})
         ledger.reserve_many(lone)
         assert strategy.admitted_groups == 1
-        connection = strategy._connection
+        connection = strategy._local.connection  # this thread's
         assert connection is not None
         pid = connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
         with ledger.engine.connect() as admin:
