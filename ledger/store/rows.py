@@ -65,6 +65,8 @@ PLACEMENT_COLUMNS: Final = ("idempotency_key", "host_id", "reservation_id", "cre
 MAX_CAUSE_LENGTH: Final = 255
 
 Delta = Mapping[str, int]  # hosts-table total column → change
+# each hosts-table total's history column (the position in RESOURCE_PARTS that adds it up)
+_PART: Final = {column: index for index, columns in enumerate(RESOURCE_PARTS) for column in columns}
 
 
 def hold_row(
@@ -113,10 +115,15 @@ def log_row(
 ) -> tuple[Any, ...]:
     """The allocation_log row for a change of `delta` to a host's totals (`at` bound), as LOG_COLUMNS list
     it: one amount per resource, adding up what moved in either bucket."""
-    bucket = "pending" if any(column.startswith("pend_") for column in delta) else "allocated"
-    cpu, memory, disk, network, disk_io, gpu = (
-        sum(delta.get(column, 0) for column in columns) for columns in RESOURCE_PARTS
-    )
+    amounts = [0] * len(RESOURCE_PARTS)
+    bucket = "allocated"
+    for column, change in delta.items():  # one pass over what moved (a hold moves up to 6 of 15 totals)
+        index = _PART.get(column)
+        if index is not None:
+            amounts[index] += change
+        if column.startswith("pend_"):
+            bucket = "pending"
+    cpu, memory, disk, network, disk_io, gpu = amounts
     return (
         host_id,
         at,

@@ -7,6 +7,7 @@ reservations hold. The `ledger_drift` view recomputes every column from the rows
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any, Final
 
 from ledger.core.capacity import available
@@ -49,18 +50,27 @@ RESOURCE_PARTS: Final = (
     ("alloc_gpu", "pend_gpu"),
 )
 
+# The same per resource, in RESOURCES order, looked up once: admission reads them for every request (and an
+# enum-keyed lookup hashes in Python).
+_ALLOC_PARTS: Final = tuple(ALLOC_COLUMNS[r] for r in RESOURCES)
+_PEND_COLUMNS: Final = tuple(PEND_COLUMN[r] for r in RESOURCES)
+_pending_of: Final = itemgetter(*_PEND_COLUMNS)
+
 Totals = dict[str, int]
 RowLike = Mapping[Any, Any]  # a row by column name (a dict or SQLAlchemy's RowMapping)
 
 
 def allocated(totals: Mapping[str, int]) -> tuple[int, ...]:
     """What active entities hold of each resource, in RESOURCES order."""
-    return tuple(sum(totals[c] for c in ALLOC_COLUMNS[r]) for r in RESOURCES)
+    return tuple(
+        [totals[parts[0]] if len(parts) == 1 else sum([totals[c] for c in parts]) for parts in _ALLOC_PARTS]
+    )
 
 
 def pending(totals: Mapping[str, int]) -> tuple[int, ...]:
     """What held reservations hold of each resource, in RESOURCES order."""
-    return tuple(totals[PEND_COLUMN[r]] for r in RESOURCES)
+    found: tuple[int, ...] = _pending_of(totals)
+    return found
 
 
 def left(totals: Mapping[str, int], limits: Sequence[int]) -> tuple[int, ...]:
@@ -76,7 +86,7 @@ def derived(totals: Mapping[str, int], limits: Sequence[int]) -> tuple[Any, ...]
 
 def pending_delta(before: Sequence[int], after: Sequence[int], gpu: int) -> Totals:
     """The change from `before` to `after` pending amounts (RESOURCES order), plus `gpu` slots."""
-    delta = {PEND_COLUMN[r]: new - old for r, old, new in zip(RESOURCES, before, after, strict=True)}
+    delta = {column: new - old for column, old, new in zip(_PEND_COLUMNS, before, after, strict=True)}
     delta["pend_gpu"] = gpu
     return {column: change for column, change in delta.items() if change}
 
