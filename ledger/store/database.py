@@ -66,6 +66,10 @@ class Database:
         # host id → the host as the last transaction this process committed left it (a read of it, really)
         self.committed: dict[str, LockedHost] = {}
         self._nowait: PoolProxiedConnection | None = None
+        # The host rows as `try_now`'s last commit left them, and SQLite's data_version then: while no other
+        # connection has committed since (the same data_version), they are the rows, and need no read.
+        self._nowait_hosts: dict[str, LockedHost] = {}
+        self._nowait_version: int | None = None
         self._checkpointer: _Checkpointer | None = None
 
     def close(self) -> None:
@@ -177,17 +181,24 @@ class Database:
                 return None
             cursor = dbapi.cursor()
             try:
-                tx = Tx(cursor, self.statements, self.clock, None)
+                version = cursor.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._nowait_version:  # another connection wrote: read what it left
+                    self._nowait_hosts = {}
+                tx = Tx(cursor, self.statements, self.clock, None, known=self._nowait_hosts)
                 result = work(tx)
                 tx.flush()
                 dbapi.commit()
             except BaseException as exc:
                 dbapi.rollback()
+                self._nowait_hosts = {}  # the transaction may have moved them before it failed
+                self._nowait_version = None
                 if isinstance(exc, sqlite3.OperationalError):
                     raise _unavailable(exc) from exc
                 raise
             finally:
                 cursor.close()
+            self._nowait_hosts.update(tx.hosts)
+            self._nowait_version = version
             self._committed(tx)
             return result
         finally:

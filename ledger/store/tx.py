@@ -90,7 +90,8 @@ class LockedHost:
 
     def row(self, columns: Sequence[str] = TOTAL_COLUMNS) -> tuple[Any, ...]:
         """What `write_host` sets: the totals `columns` and the DERIVED_COLUMNS (then next_expiry, host)."""
-        return (*(self.totals[c] for c in columns), *derived(self.totals, self.limits))
+        totals = self.totals
+        return (*[totals[c] for c in columns], *derived(totals, self.limits))
 
     def snapshot(self) -> LockedHost:
         return LockedHost(
@@ -151,13 +152,22 @@ class Tx:
     """A write transaction in progress (see the module docstring); `conn` is its SQLAlchemy connection, or
     None when it runs on a bare DBAPI connection (SQLite admission on the event loop)."""
 
-    def __init__(self, cursor: Cursor, statements: Statements, clock: Any, conn: Connection | None) -> None:
+    def __init__(
+        self,
+        cursor: Cursor,
+        statements: Statements,
+        clock: Any,
+        conn: Connection | None,
+        known: dict[str, LockedHost] | None = None,
+    ) -> None:
         self.cursor = cursor
         self.statements = statements
         self.sql = statements.sql
         self.clock = clock
         self.conn = conn
         self.hosts: dict[str, LockedHost] = {}
+        # host rows as they stand in the database already (the caller vouches): `lock` takes them unread
+        self.known = known or {}
         self.holds: list[tuple[Any, ...]] = []
         self.logs: list[tuple[Any, ...]] = []
         self.placements: list[tuple[Any, ...]] = []  # fleet-wide place keys of new holds
@@ -168,6 +178,14 @@ class Tx:
         host = self.hosts.get(host_id)
         if host is not None:
             return host
+        host = self.known.get(host_id)
+        if host is None:
+            host = self._read(host_id, create)
+        self.hosts[host_id] = host
+        self._sweep(host)
+        return host
+
+    def _read(self, host_id: str, create: bool) -> LockedHost:
         s = self.statements
         self.cursor.execute(s.select_host, (host_id,))
         found = self.cursor.fetchone()
@@ -178,10 +196,7 @@ class Tx:
             found = self.cursor.fetchone()
         if found is None:
             raise unknown_host(host_id)
-        host = LockedHost.from_row(found, self.sql.read_time)
-        self.hosts[host_id] = host
-        self._sweep(host)
-        return host
+        return LockedHost.from_row(found, self.sql.read_time)
 
     def lock_all(self, host_ids: Iterable[str], *, create: bool = False) -> None:
         """Lock several hosts, always in the same (sorted) order, so two writers never wait on each other."""

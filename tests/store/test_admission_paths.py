@@ -435,3 +435,33 @@ def test_try_reserve_many_async_is_not_for_sqlite(sqlite_url: str) -> None:
         assert asyncio.run(ledger.try_reserve_many_async(lone)) == (None, False)
     finally:
         ledger.close()
+
+
+def test_the_event_loop_path_sees_what_other_connections_wrote(sqlite_url: str) -> None:
+    """`try_reserve_many` reuses the host row its last commit left only while no other connection has written
+    since: a hold or a release made elsewhere (a thread's connection, another process) is counted."""
+    ledger = Ledger.open(sqlite_url, migrate=False)
+    host = f"seen-{uuid.uuid4().hex[:8]}"
+    lone: list[HostAsk] = [(host, Ask(AllocationRequest(vcpus=1)))]
+    ledger.register_host(host, capacities(cpu=3), {ResourceType.CPU: 1.0})
+    try:
+        first = ledger.try_reserve_many(lone)
+        assert first is not None and isinstance(first[0], Grant)
+        assert isinstance(ledger.reserve_many(lone)[0], Grant)  # on a pooled connection
+        again = ledger.try_reserve_many(lone)
+        assert again is not None and isinstance(again[0], Grant)
+        full = ledger.try_reserve_many(lone)
+        assert full is not None and isinstance(full[0], LedgerError)  # 3 of 3 vCPUs held
+        ledger.release(first[0].reservation_id)  # elsewhere again
+        after = ledger.try_reserve_many(lone)
+        assert after is not None and isinstance(after[0], Grant)
+        with ledger.engine.connect() as conn:
+            held = conn.execute(
+                select(reservations.c.vcpus).where(
+                    reservations.c.host_id == host, reservations.c.status == "held"
+                )
+            ).all()
+        assert len(held) == 3
+        assert ledger.drift() == []
+    finally:
+        ledger.close()
