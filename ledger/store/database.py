@@ -63,7 +63,8 @@ class Database:
         self._writer: contextlib.AbstractContextManager[Any] = (
             self._write_lock if self.sqlite else contextlib.nullcontext()
         )
-        # host id → the host as the last transaction this process committed left it (a read of it, really)
+        # host id → the host as the last transaction this process committed left it (a read of it, really);
+        # kept on PostgreSQL only, for the one-round-trip strategy (store/optimistic.py)
         self.committed: dict[str, LockedHost] = {}
         self._nowait: PoolProxiedConnection | None = None
         # The host rows as `try_now`'s last commit left them, and SQLite's data_version then: while no other
@@ -205,6 +206,8 @@ class Database:
             self._write_lock.release()
 
     def _committed(self, tx: Tx) -> None:
+        if self.sqlite:  # only the PostgreSQL one-round-trip strategy reads `committed`
+            return
         for host_id, host in tx.hosts.items():
             self.committed[host_id] = host.snapshot()
 
