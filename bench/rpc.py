@@ -71,7 +71,15 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = "bench"
 CONCURRENCIES = [1, 8, 32]  # --concurrency replaces it
 ECHO_SUBJECT = "bench.echo"
-REQUEST = {"vcpus": 1, "memory_bytes": 2**20, "network_download_bps": 1000, "disk_io_bps": 1000}
+# every bandwidth stated, so every version of the ledger charges this request the same and runs of
+# different versions compare (earlier versions charged an unstated bandwidth 0, now the vCPU-share default)
+REQUEST = {
+    "vcpus": 1,
+    "memory_bytes": 2**20,
+    "network_download_bps": 1000,
+    "network_upload_bps": 0,
+    "disk_io_bps": 1000,
+}
 HUGE = str(10**15)  # every capacity limit: nothing is ever refused
 START_TIMEOUT_S = 60.0
 TICKS = os.sysconf("SC_CLK_TCK")
