@@ -122,9 +122,11 @@ class OptimisticAdmission:
             after.next_expiry = plan.earliest
         after.revision += 1
         keys = sorted({ask.key for ask in group if ask.key is not None})
+        written = derived(after.totals, after.limits, seen.room)
+        after.room = written[-1]
         params: list[Any] = [
             *(after.totals[c] for c in _PEND),
-            *derived(after.totals, after.limits),
+            *written,
             self.db.sql.bind_time(after.next_expiry),
             host_id,
             seen.revision,

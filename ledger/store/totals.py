@@ -40,6 +40,7 @@ LIMIT_COLUMNS: Final = tuple(f"limit_{r.value}" for r in RESOURCES)
 AVAIL_COLUMNS: Final = tuple(f"avail_{r.value}" for r in RESOURCES)
 # written with the totals, from them and the limits: what is left of each limit, and the host's room
 DERIVED_COLUMNS: Final = (*AVAIL_COLUMNS, "room")
+ROOM_SLACK: Final = 1 / 256  # how far the stored room may lag a fall in the true room (see `derived`)
 # per history column (cpu, memory, disk, network, disk I/O, GPU): the totals it adds up, in both buckets
 RESOURCE_PARTS: Final = (
     ("alloc_cpu", "pend_cpu"),
@@ -78,10 +79,19 @@ def left(totals: Mapping[str, int], limits: Sequence[int]) -> tuple[int, ...]:
     return tuple(map(available, limits, allocated(totals), pending(totals)))
 
 
-def derived(totals: Mapping[str, int], limits: Sequence[int]) -> tuple[Any, ...]:
-    """The DERIVED_COLUMNS' values: `left` per resource, then `core.placement.room` of it."""
+def derived(
+    totals: Mapping[str, int], limits: Sequence[int], stored_room: float | None = None
+) -> tuple[Any, ...]:
+    """The DERIVED_COLUMNS' values: `left` per resource, then `core.placement.room` of it — or the room
+    already stored, while that is above the true room by less than ROOM_SLACK. Placement only needs the
+    stored room never to under-state (store/fleet.py walks down it as an upper bound), and a room that
+    does not change leaves its index alone: PostgreSQL then rewrites a host row in place (a HOT update)
+    for most admissions instead of adding index entries for the host on every one."""
     free = left(totals, limits)
-    return (*free, room(limits, free))
+    exact = room(limits, free)
+    if stored_room is not None and exact <= stored_room < exact + ROOM_SLACK:
+        return (*free, stored_room)
+    return (*free, exact)
 
 
 def pending_delta(before: Sequence[int], after: Sequence[int], gpu: int) -> Totals:

@@ -49,6 +49,7 @@ HOST_COLUMNS = (
     "gpu_busy",
     *LIMIT_COLUMNS,
     *TOTAL_COLUMNS,
+    "room",
 )
 UNREGISTERED_HINT = "host is not registered: run `ledger host refresh` on it, or publish host.capacity"
 
@@ -70,6 +71,7 @@ class LockedHost:
     gpu_busy: int
     limits: tuple[int, ...]  # effective limits, RESOURCES order
     totals: dict[str, int]
+    room: float = 1.0  # as stored (totals.derived: it may over-state the room a little, never under-state)
     changed: bool = False  # written back by `flush` (and its revision bumped)
     moved: set[str] = field(default_factory=set)  # the totals this transaction changed (flush writes those)
 
@@ -77,6 +79,7 @@ class LockedHost:
     def from_row(cls, row: Sequence[Any], read_time: Any) -> LockedHost:
         """A host from its HOST_COLUMNS, as a SELECT returns them."""
         fixed = 6 + len(LIMIT_COLUMNS)
+        end = fixed + len(TOTAL_COLUMNS)
         return cls(
             row[0],
             row[1],
@@ -85,13 +88,17 @@ class LockedHost:
             row[4],
             row[5],
             tuple(row[6:fixed]),
-            dict(zip(TOTAL_COLUMNS, row[fixed : fixed + len(TOTAL_COLUMNS)], strict=True)),
+            dict(zip(TOTAL_COLUMNS, row[fixed:end], strict=True)),
+            row[end],
         )
 
     def row(self, columns: Sequence[str] = TOTAL_COLUMNS) -> tuple[Any, ...]:
-        """What `write_host` sets: the totals `columns` and the DERIVED_COLUMNS (then next_expiry, host)."""
+        """What `write_host` sets: the totals `columns` and the DERIVED_COLUMNS (then next_expiry, host);
+        `room` becomes what is written."""
         totals = self.totals
-        return (*[totals[c] for c in columns], *derived(totals, self.limits))
+        values = derived(totals, self.limits, self.room)
+        self.room = values[-1]
+        return (*[totals[c] for c in columns], *values)
 
     def snapshot(self) -> LockedHost:
         return LockedHost(
@@ -103,6 +110,7 @@ class LockedHost:
             self.gpu_busy,
             self.limits,
             dict(self.totals),
+            self.room,
         )
 
 
