@@ -50,11 +50,12 @@ def fleet(pg_url: str) -> Iterator[tuple[Ledger, list[str], list[str]]]:
             busy = 0 if index % 5 == 0 else rng.randint(1, cores // 2)
         else:
             busy = rng.randint(16, cores - 1)
-        for n in range(busy):
-            vm = InstanceRecord(
-                id=f"vm{n}", state="Running", vcpus=1, memory_bytes=rng.choice((1, 2, 4)) * GIB
-            )
-            ledger.apply_instance(host, vm)
+        with ledger.batch(hosts=[host]):  # one transaction a host: the fixture is set up in seconds
+            for n in range(busy):
+                vm = InstanceRecord(
+                    id=f"vm{n}", state="Running", vcpus=1, memory_bytes=rng.choice((1, 2, 4)) * GIB
+                )
+                ledger.apply_instance(host, vm)
         names.append(host)
     others = [h for h in ledger.host_ids() if h not in set(names)]
     yield ledger, names, others
