@@ -201,7 +201,7 @@ class Fleet:
 
         def fetch(take: int) -> list[str]:
             best: list[tuple[str, float]] = []
-            batch, read = take * 2, 0
+            batch, read, settled = take * 2, 0, True
             with self.db.read() as conn:
                 conn.execute(_INDEX_ONLY)  # the planner would rather scan all: reading down the index is less
                 rows = conn.execute(first, {**params, "batch": batch, "take": take}).all()
@@ -218,10 +218,13 @@ class Fleet:
                     if len(best) == take and best[-1][1] > unread_at_most:
                         break
                     if read >= _WALK_ROWS:
-                        return every_host(take)
+                        settled = False
+                        break
                     batch *= 2
                     bounds = {"batch": batch, "take": take, "room": unread_at_most, "after": str(last[1])}
                     rows = conn.execute(after, {**params, **bounds}).all()
+            if not settled:  # ranked on its own connection, once the walk's is back in the pool
+                return every_host(take)
             return [host for host, _ in best]
 
         return fetch

@@ -106,7 +106,8 @@ class Host(Base):
     avail_disk: Mapped[int] = mapped_column(Amount, default=0)
     avail_network: Mapped[int] = mapped_column(Amount, default=0)
     avail_disk_io: Mapped[int] = mapped_column(Amount, default=0)
-    # core.placement.room of the avail_* above, written with them: spread placement walks its index
+    # core.placement.room of the avail_* above, written with them (it may lag a small fall: an upper bound,
+    # store/totals.derived): spread placement walks its index
     room: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
     gpu_total: Mapped[int] = mapped_column(Integer, default=0)
     gpu_busy: Mapped[int] = mapped_column(Integer, default=0)  # slots discovery saw in use (vfio / mdev)
