@@ -173,6 +173,11 @@ async def _serve_ledger(
     # Start-up objects (SQLAlchemy metadata, compiled statements, modules) live as long as the process:
     # keep them out of the cyclic collector's full passes, which otherwise stall the loop for ms.
     gc.freeze()
+    # before serve.json says the service is up: a SIGTERM from then on (a supervisor, a test) stops it
+    # cleanly instead of killing it with its nats-server left behind
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.request)
     write_runtime_file(settings, url, observer.metrics_url)
     log.info(
         "serving host %s",
@@ -187,9 +192,6 @@ async def _serve_ledger(
             "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         },
     )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.request)
     consuming = asyncio.create_task(consumer.run(stopping.event))
     background = [
         asyncio.create_task(prune_until(stopping.event, ledger, settings, consumer.durable)),
