@@ -12,10 +12,10 @@ paused → stopped → deleted, volumes created → attached → resized → det
 deleted, and the host's OCI cache measured. Afterwards: processed_events holds N rows, every event was
 `applied`, and `ledger.drift()` is empty. SQLite also runs at batch sizes 32/128/512.
 
-Target (issue): ≥ 2,000 events/s on SQLite with ack-after-commit. `--profile` adds a cProfile of the
-consumer's apply path (the worker thread) and of its event-loop side, with a per-phase wall-time split and
-SQL statements per event. Run: `python bench/ingest.py [--quick] [--profile]`; results go to
-bench/results/ingest.json.
+Targets (issues): ≥ 2,000 events/s with ack-after-commit, on SQLite and on PostgreSQL (pre-published).
+`--profile` adds a cProfile of the consumer's apply path (the worker thread) and of its event-loop side,
+with a per-phase wall-time split and SQL statements per event. Run: `python bench/ingest.py [--quick]
+[--profile]`; results go to bench/results/ingest.json.
 """
 
 from __future__ import annotations
@@ -480,6 +480,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "sqlite_default_batch_target_2000_per_s": sqlite_default["events_per_s_median"] >= 2000,
         "sqlite_any_batch_target_2000_per_s": best["events_per_s_median"] >= 2000,
     }
+    for s in summaries:
+        if s["engine"] == "postgresql" and s["mode"] == "pre-published":
+            verdict["postgresql_target_2000_per_s"] = s["events_per_s_median"] >= 2000
     print("targets:", verdict)
     return {
         "quick": args.quick,

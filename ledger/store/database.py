@@ -38,6 +38,11 @@ from ledger.store.tx import LockedHost, Statements, Tx
 T = TypeVar("T")
 log = logging.getLogger("ledger.store")
 CONFLICT_ATTEMPTS = 3
+# A batch's statements carry many-row IN lists and writes. psycopg prepares a statement after its fifth run,
+# and PostgreSQL then keeps a generic plan if it costs no more than the custom ones did: chosen while a
+# table is small, that is a sequential scan, and it stays one as the table grows (processed_events: 3 ms a
+# batch at 10,000 events, 41 ms at 20,000). Planning each batch statement afresh costs far less.
+CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 
 class ReadOnlyError(RuntimeError):
@@ -158,6 +163,8 @@ class Database:
         if getattr(self._local, "tx", None) is not None:
             raise RuntimeError("batches do not nest")
         with self.transaction() as tx:
+            if not self.sqlite and tx.conn is not None:
+                tx.conn.exec_driver_sql(CUSTOM_PLANS)
             self._local.tx = tx
             try:
                 yield tx
