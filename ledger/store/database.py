@@ -38,6 +38,7 @@ from ledger.store.tx import LockedHost, Statements, Tx
 T = TypeVar("T")
 log = logging.getLogger("ledger.store")
 CONFLICT_ATTEMPTS = 3
+AUTOCOMMIT = "AUTOCOMMIT"
 # A batch's statements carry many-row IN lists and writes. psycopg prepares a statement after its fifth run,
 # and PostgreSQL then keeps a generic plan if it costs no more than the custom ones did: chosen while a
 # table is small, that is a sequential scan, and it stays one as the table grows (processed_events: 3 ms a
@@ -149,10 +150,16 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A transaction that only reads: on SQLite it takes no write lock (a plain deferred BEGIN)."""
+    def read(self, *, local_settings: bool = False) -> Iterator[Connection]:
+        """Reads that write nothing. SQLite: one transaction without the write lock (a plain deferred BEGIN).
+        PostgreSQL: autocommit, each statement on its own snapshot, as READ COMMITTED reads inside a
+        transaction too, without the BEGIN and COMMIT round trips; `local_settings` keeps a transaction
+        for what `set_config(…, true)` sets for the statements after it."""
+        options: dict[str, Any] = {READ_ONLY: True}
+        if not self.sqlite and not local_settings:
+            options["isolation_level"] = AUTOCOMMIT
         try:
-            with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+            with self.engine.connect().execution_options(**options) as conn, conn.begin():
                 yield conn
         except self._driver_errors as exc:
             raise _unavailable(exc) from exc

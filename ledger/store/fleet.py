@@ -216,7 +216,7 @@ class Fleet:
         def fetch(take: int) -> list[str]:
             best: list[tuple[str, float]] = []
             batch, read, settled = take * 2, 0, True
-            with self.db.read() as conn:
+            with self.db.read(local_settings=True) as conn:
                 conn.execute(_INDEX_ONLY)  # the planner would rather scan all: reading down the index is less
                 rows = conn.execute(first, {**params, "batch": batch, "take": take}).all()
                 while True:
