@@ -150,13 +150,12 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     @contextmanager
-    def read(self, *, local_settings: bool = False) -> Iterator[Connection]:
+    def read(self) -> Iterator[Connection]:
         """Reads that write nothing. SQLite: one transaction without the write lock (a plain deferred BEGIN).
         PostgreSQL: autocommit, each statement on its own snapshot, as READ COMMITTED reads inside a
-        transaction too, without the BEGIN and COMMIT round trips; `local_settings` keeps a transaction
-        for what `set_config(…, true)` sets for the statements after it."""
+        transaction too, without the BEGIN and COMMIT round trips."""
         options: dict[str, Any] = {READ_ONLY: True}
-        if not self.sqlite and not local_settings:
+        if not self.sqlite:
             options["isolation_level"] = AUTOCOMMIT
         try:
             with self.engine.connect().execution_options(**options) as conn, conn.begin():

@@ -162,3 +162,23 @@ def make_engine(url: str, *, for_migration: bool = False, read_only: bool = Fals
     # LIFO: a quiet service keeps reusing its warmest connection (and server backend) instead of cycling
     # through every idle one.
     return create_engine(parsed, pool_size=10, max_overflow=20, pool_recycle=1800, pool_use_lifo=True)
+
+
+def index_walking_engine(engine: Engine) -> Engine:
+    """Autocommit PostgreSQL connections whose planner reads down an index rather than scanning a table
+    and sorting it, for the whole session: a walk down the room index (store/fleet.py) then needs no
+    transaction to say so (BEGIN, a set_config and COMMIT: three round trips a walk). Nothing else runs on
+    them: for other queries a scan is often right."""
+    _, params = engine.dialect.create_connect_args(engine.url)
+    options = " ".join(
+        filter(None, [str(params.get("options") or ""), "-c enable_seqscan=off -c enable_bitmapscan=off"])
+    )
+    return create_engine(
+        engine.url,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"options": options, "connect_timeout": READER_CONNECT_TIMEOUT_S},
+        pool_size=4,
+        max_overflow=16,
+        pool_recycle=1800,
+        pool_use_lifo=True,
+    )

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy import Engine, TextClause, bindparam, text
 
 from ledger.core.admission import Admit, decide
 from ledger.core.charges import AllocationRequest, Ask, DefaultBandwidth
@@ -24,6 +24,7 @@ from ledger.core.host import HostState
 from ledger.core.placement import GPU, LABELS, PACK, SPREAD, Shortfalls, ranked, room_after
 from ledger.core.resources import RESOURCES
 from ledger.store.database import Database
+from ledger.store.engine import index_walking_engine
 from ledger.store.fit_sql import FitSql
 from ledger.store.hosts import Hosts
 from ledger.store.tx import HOST_COLUMNS, LockedHost
@@ -31,10 +32,6 @@ from ledger.store.tx import HOST_COLUMNS, LockedHost
 _MARGIN = 8  # extra rows fetched beyond `limit`, in case decide turns one down
 _WALK_ROWS = 512  # fitting hosts a walk reads before it ranks every host instead: past that, ranking
 # every fitting host (about 6 ms at 10,000 hosts) costs no more than walking on (bench/fleet.py)
-# for the rest of a walk's transaction: down the room index, not a scan and a sort of every host
-_INDEX_ONLY = text(
-    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)"
-)
 _ORDER = {SPREAD: "DESC", PACK: "ASC"}
 # A walking search counts on a second connection while it walks: its latency is the longer of the two, not
 # their sum (bench/fleet.py). Threads only wait here; the database does the work.
@@ -87,6 +84,12 @@ class Fleet:
         self.reservation_ttl = reservation_ttl
         self.postgres = not db.sqlite
         self.fit = FitSql(self.postgres, defaults)
+        # walks read down the room index on connections of their own (the planner would rather scan all)
+        self.walker: Engine | None = index_walking_engine(db.engine) if self.postgres else None
+
+    def close(self) -> None:
+        if self.walker is not None:
+            self.walker.dispose()
 
     def search(
         self,
@@ -216,14 +219,13 @@ class Fleet:
         def fetch(take: int) -> list[str]:
             best: list[tuple[str, float]] = []
             batch, read, settled = take * 2, 0, True
-            with self.db.read(local_settings=True) as conn:
-                conn.execute(_INDEX_ONLY)  # the planner would rather scan all: reading down the index is less
+            assert self.walker is not None
+            with self.walker.connect() as conn:
                 rows = conn.execute(first, {**params, "batch": batch, "take": take}).all()
                 while True:
-                    best = ranked(
-                        [*best, *((str(r[1]), float(r[2])) for r in rows if r[0] == "best")], SPREAD
-                    )
-                    best = best[:take]
+                    # a host written between two batches may be read twice: its later score stands
+                    scores = dict(best) | {str(r[1]): float(r[2]) for r in rows if r[0] == "best"}
+                    best = ranked(list(scores.items()), SPREAD)[:take]
                     last = next((r for r in rows if r[0] == "last"), None)
                     if last is None or int(last[4]) < batch:  # every fitting host has been read
                         break

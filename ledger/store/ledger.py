@@ -104,6 +104,7 @@ class Ledger:
         """Close this ledger's own connections (and its engine, if `open` made it)."""
         if self.optimistic is not None:
             self.optimistic.close()
+        self.fleet.close()
         self.db.close()
         if self.owns_engine:
             self.engine.dispose()

@@ -106,11 +106,14 @@ def test_a_small_request_settles_down_the_index_without_ranking_every_host(
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
-    event.listen(ledger.engine, "before_cursor_execute", seen)
+    engines = [ledger.engine, ledger.fleet.walker]  # walks run on connections of their own
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", seen)
     try:
         best = ledger.fleet.best(REQUESTS["small"], labels={}, exclude=others, policy=SPREAD, limit=1)
     finally:
-        event.remove(ledger.engine, "before_cursor_execute", seen)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", seen)
     assert [c.host_id for c in best] == _expected(ledger, names, REQUESTS["small"], 1)
     walked = [s for s in statements if "ORDER BY h.room DESC" in s]
     assert len(walked) >= 2, "expected the walk to read more than one batch"
