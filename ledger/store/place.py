@@ -2,11 +2,9 @@
 
 The search (store/fleet) reads without locking, so by the time a hold is tried on the best candidate a
 concurrent caller may have taken the room: that host's admission then refuses, and the next candidate is
-tried, up to `attempts`. A key is recorded in `placements` (unique) in the hold's own transaction; a retry
-(on any replica) finds it there and is answered by that host's admission, which replays the reservation.
-Two calls with the same key at once: the second to commit a hold breaks the key's uniqueness, writes
-nothing, and answers with the first one's grant; one refused for want of room looks for the key again
-before it says so, since the room it lacked may be the first one's grant (`Placer._place`).
+tried, up to `attempts`. A key is recorded in `placements` in the hold's own transaction; a retry (on any
+replica) finds it there and is answered by that host's admission, which replays the reservation. Calls
+with the same key run one at a time (`_only_call_with`), so two sent at once get the same answer.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import IntegrityError
 
 from ledger.core.charges import Ask
@@ -26,6 +24,8 @@ from ledger.store.fleet import Fleet, Search
 from ledger.store.optimistic import OptimisticAdmission
 from ledger.store.sql import placements as placements_table
 from ledger.store.tx import LockedHost
+
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
 class Placer:
@@ -74,23 +74,25 @@ class Placer:
                 return self._on(host, ask)
             if not isinstance(answer, InsufficientResources):  # a grant, or a refusal no host would change
                 return answer
-        if ask.key is not None and (host := self.placed(ask.key)) is not None:
-            return self._on(host, ask)  # a twin placed it meanwhile, perhaps in the room this one lacked
         # refused: the full search says how the fleet falls short (and whether others took the room)
         search = self.fleet.search(ask.request, labels=labels, exclude=exclude, policy=policy, limit=attempts)
         return _refusal(search, taken=len(candidates))
 
     @contextmanager
     def _only_call_with(self, key: str) -> Iterator[str | None]:
-        """Where an earlier call placed `key` (None: nowhere yet). SQLite, whose one writer is this process:
-        calls with the same key run one at a time (a lock per stripe of keys), so a twin finds the first
-        one's grant. PostgreSQL: they run side by side, and the key's uniqueness settles them (module
-        docstring) without a transaction held open for the whole call."""
-        if not self.db.sqlite:
-            yield self.placed(key)
+        """Calls with the same key, one at a time across every replica, each told where an earlier one
+        placed it (None: nowhere yet): a twin sent at the same moment waits, then finds the first one's
+        grant (or is refused as it was), instead of searching alongside it and being refused for the room
+        the first one took. PostgreSQL: a transaction-scoped advisory lock on the key's hash (a collision
+        only makes two keys wait for each other), and the lookup in the same transaction; SQLite, whose
+        one writer is this process: a lock per stripe of keys."""
+        if self.db.sqlite:
+            with self._stripes[hash(key) % len(self._stripes)]:
+                yield self.placed(key)
             return
-        with self._stripes[hash(key) % len(self._stripes)]:
-            yield self.placed(key)
+        with self.db.engine.connect() as conn, conn.begin():
+            conn.execute(_ADVISORY_LOCK, {"key": key})
+            yield _placed(conn, key)
 
     def placed(self, key: str) -> str | None:
         """The host a `place` with this key reserved on, if one did."""

@@ -239,33 +239,6 @@ def test_place_holds_in_one_statement_on_what_its_search_read(pg_url: str) -> No
         writer.close()
 
 
-def test_a_place_twin_refused_for_want_of_room_answers_with_the_first_ones_grant(pg_url: str) -> None:
-    """Twins with one key run side by side on PostgreSQL. The twin that looked the key up before the first
-    one committed, and then found no room because the first one took it, answers with that grant (a
-    replay), not a refusal."""
-    first = Ledger.open(pg_url, migrate=False)
-    twin = Ledger.open(pg_url, migrate=False)
-    host = f"tw-{uuid.uuid4().hex[:8]}"
-    key = f"k-{host}"
-    try:
-        first.register_host(host, capacities(cpu=1, memory=GIB), {ResourceType.CPU: 1.0}, labels={"z": host})
-        granted = first.place(Ask(AllocationRequest(vcpus=1), key, None), labels={"z": host})
-        placed, lookups = twin.placer.placed, []
-
-        def looked_up_early(k: str) -> str | None:  # the twin's first lookup ran before the first committed
-            lookups.append(k)
-            return None if len(lookups) == 1 else placed(k)
-
-        twin.placer.placed = looked_up_early  # type: ignore[method-assign]
-        answer = twin.place(Ask(AllocationRequest(vcpus=1), key, None), labels={"z": host})
-        assert (answer.host_id, answer.reservation_id) == (host, granted.reservation_id)
-        assert answer.replayed and len(lookups) == 2
-        assert first.status(host, ResourceType.CPU).pending == 1
-    finally:
-        twin.close()
-        first.close()
-
-
 def test_try_reserve_many_returns_none_at_once_while_another_process_writes(sqlite_url: str) -> None:
     ledger = Ledger.open(sqlite_url, migrate=False)
     host = f"try-{uuid.uuid4().hex[:8]}"
