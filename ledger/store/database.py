@@ -150,15 +150,16 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """Reads that write nothing. SQLite: one transaction without the write lock (a plain deferred BEGIN).
-        PostgreSQL: autocommit, each statement on its own snapshot, as READ COMMITTED reads inside a
-        transaction too, without the BEGIN and COMMIT round trips."""
+    def read(self, on: Engine | None = None) -> Iterator[Connection]:
+        """Reads that write nothing, on this database's engine or another of its engines (`on`). SQLite:
+        one transaction without the write lock (a plain deferred BEGIN). PostgreSQL: autocommit, each
+        statement on its own snapshot, as READ COMMITTED reads inside a transaction too, without the BEGIN
+        and COMMIT round trips. A dropped connection is `Unavailable`."""
         options: dict[str, Any] = {READ_ONLY: True}
         if not self.sqlite:
             options["isolation_level"] = AUTOCOMMIT
         try:
-            with self.engine.connect().execution_options(**options) as conn, conn.begin():
+            with (on or self.engine).connect().execution_options(**options) as conn, conn.begin():
                 yield conn
         except self._driver_errors as exc:
             raise _unavailable(exc) from exc

@@ -168,17 +168,16 @@ def index_walking_engine(engine: Engine) -> Engine:
     """Autocommit PostgreSQL connections whose planner reads down an index rather than scanning a table
     and sorting it, for the whole session: a walk down the room index (store/fleet.py) then needs no
     transaction to say so (BEGIN, a set_config and COMMIT: three round trips a walk). Nothing else runs on
-    them: for other queries a scan is often right."""
-    _, params = engine.dialect.create_connect_args(engine.url)
-    options = " ".join(
-        filter(None, [str(params.get("options") or ""), "-c enable_seqscan=off -c enable_bitmapscan=off"])
-    )
-    return create_engine(
-        engine.url,
-        isolation_level="AUTOCOMMIT",
-        connect_args={"options": options, "connect_timeout": READER_CONNECT_TIMEOUT_S},
-        pool_size=4,
-        max_overflow=16,
-        pool_recycle=1800,
-        pool_use_lifo=True,
-    )
+    them: for other queries a scan is often right. The pool is made as `engine`'s is (the same URL and
+    connect arguments: a read-only ledger's walks are read-only sessions too); it opens connections only
+    as walks need them, so it holds about as many as searches run at once."""
+    pool = engine.pool.recreate()
+
+    @event.listens_for(pool, "connect")
+    def _prefer_indexes(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.autocommit = True
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute("SET enable_bitmapscan = off")
+
+    return create_engine(engine.url, pool=pool, isolation_level="AUTOCOMMIT")

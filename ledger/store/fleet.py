@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +33,9 @@ _MARGIN = 8  # extra rows fetched beyond `limit`, in case decide turns one down
 _WALK_ROWS = 512  # fitting hosts a walk reads before it ranks every host instead: past that, ranking
 # every fitting host (about 6 ms at 10,000 hosts) costs no more than walking on (bench/fleet.py)
 _ORDER = {SPREAD: "DESC", PACK: "ASC"}
-# A walking search counts on a second connection while it walks: its latency is the longer of the two, not
-# their sum (bench/fleet.py). Threads only wait here; the database does the work.
+# A search on PostgreSQL counts on a second connection while it finds the best: its latency is the longer
+# of the two, not their sum (bench/fleet.py), for a second pass over the hosts when `pack` ranks them all.
+# Threads only wait here; the database does the work.
 _BESIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ledger-count")
 _AMOUNTS = ("capacity", "effective_limit", "allocated", "pending", "available")
 _FLEET_STATUS = text(
@@ -132,17 +133,27 @@ class Fleet:
                 counts.update({str(r[0]): int(r[1]) for r in rows if r[0] != "best"})
                 return [str(r[2]) for r in rows if r[0] == "best"]
 
-        candidates, refused = self._looking_further(fetch, request, limit)
+        try:
+            candidates, refused = self._looking_further(fetch, request, limit)
+        except BaseException:
+            if counting is not None and not counting.cancel():
+                wait([counting])  # it is running: let it give its connection back before this call ends
+            raise
         if counting is not None:
             counts = counting.result()
         by_resource = {k: n for k, n in counts.items() if k != "fit" and not k.startswith(LABELS)}
+        # Hosts the SQL said fit and `decide` turned down move from fitting to their resource. The count may
+        # have read after the best did, and already see a host taken meanwhile as short: move no more than
+        # it counted as fitting.
+        fitting = counts.get("fit", 0)
         for name, n in refused.items():
-            by_resource[name] = by_resource.get(name, 0) + n
+            moved = min(n, fitting)
+            by_resource[name] = by_resource.get(name, 0) + moved
+            fitting -= moved
         by_label = {
             f"{name}={value}": counts.get(f"{LABELS}:{index}", 0)
             for index, (name, value) in enumerate(labels.items())
         }
-        fitting = counts.get("fit", 0) - sum(refused.values())
         return Search(candidates, Shortfalls(sum(counts.values()), fitting, by_resource, by_label))
 
     def _count(self, query: TextClause, params: dict[str, Any]) -> dict[str, int]:
@@ -219,8 +230,7 @@ class Fleet:
         def fetch(take: int) -> list[str]:
             best: list[tuple[str, float]] = []
             batch, read, settled = take * 2, 0, True
-            assert self.walker is not None
-            with self.walker.connect() as conn:
+            with self.db.read(on=self.walker) as conn:
                 rows = conn.execute(first, {**params, "batch": batch, "take": take}).all()
                 while True:
                     # a host written between two batches may be read twice: its later score stands
