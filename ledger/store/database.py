@@ -30,7 +30,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from ledger.core.errors import TransientConflict, Unavailable
 from ledger.core.results import HELD
-from ledger.store.engine import READ_ONLY, is_read_only
+from ledger.store.engine import AUTOCOMMIT, READ_ONLY, is_read_only
 from ledger.store.rows import HOLD_AMOUNTS
 from ledger.store.sql import Sql
 from ledger.store.tx import LockedHost, Statements, Tx
@@ -38,7 +38,6 @@ from ledger.store.tx import LockedHost, Statements, Tx
 T = TypeVar("T")
 log = logging.getLogger("ledger.store")
 CONFLICT_ATTEMPTS = 3
-AUTOCOMMIT = "AUTOCOMMIT"
 # A batch's statements carry many-row IN lists and writes. psycopg prepares a statement after its fifth run,
 # and PostgreSQL then keeps a generic plan if it costs no more than the custom ones did: chosen while a
 # table is small, that is a sequential scan, and it stays one as the table grows (processed_events: 3 ms a

@@ -20,6 +20,7 @@ from ledger.core.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_S = 30
 READ_ONLY = "ledger_read_only"  # a connection execution option: the transaction only reads
+AUTOCOMMIT = "AUTOCOMMIT"  # SQLAlchemy's isolation level for statements that are each their own transaction
 SQLITE_CACHE_KIB = 64 * 1024
 READER_CONNECT_TIMEOUT_S = 10  # a command waits this long for an unreachable PostgreSQL, not minutes
 MIGRATE_HINT = "run `ledger db upgrade` (starting `ledger serve` migrates too)"
@@ -180,4 +181,4 @@ def index_walking_engine(engine: Engine) -> Engine:
             cursor.execute("SET enable_seqscan = off")
             cursor.execute("SET enable_bitmapscan = off")
 
-    return create_engine(engine.url, pool=pool, isolation_level="AUTOCOMMIT")
+    return create_engine(engine.url, pool=pool, isolation_level=AUTOCOMMIT)

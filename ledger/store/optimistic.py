@@ -38,7 +38,7 @@ from ledger.store.admission import Admission, Answer, HostAsk
 from ledger.store.database import Database
 from ledger.store.rows import HOLD_COLUMNS, LOG_COLUMNS, PLACEMENT_COLUMNS
 from ledger.store.sql import allocation_log, placements, reservations
-from ledger.store.totals import DERIVED_COLUMNS, PEND_COLUMN, derived
+from ledger.store.totals import DERIVED_COLUMNS, PEND_COLUMN
 from ledger.store.tx import LockedHost
 
 _PEND = (*(PEND_COLUMN[r] for r in RESOURCES), "pend_gpu")
@@ -122,11 +122,8 @@ class OptimisticAdmission:
             after.next_expiry = plan.earliest
         after.revision += 1
         keys = sorted({ask.key for ask in group if ask.key is not None})
-        written = derived(after.totals, after.limits, seen.room)
-        after.room = written[-1]
         params: list[Any] = [
-            *(after.totals[c] for c in _PEND),
-            *written,
+            *after.row(_PEND),  # the pending totals and the derived columns (room kept within its slack)
             self.db.sql.bind_time(after.next_expiry),
             host_id,
             seen.revision,
