@@ -3,13 +3,14 @@ host fits. Whether a host fits is `core.admission.decide`'s answer, never decide
 
 from __future__ import annotations
 
+import heapq
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ledger.core.capacity import available
-from ledger.core.charges import Charge
+from ledger.core.charges import Ask, Charge
 from ledger.core.errors import InvalidRequest
 from ledger.core.host import HostState
 from ledger.core.resources import ADMISSION_ORDER, RESOURCES
@@ -96,13 +97,47 @@ def room(limits: Sequence[int], left: Sequence[int]) -> float:
 def room_after(host: HostState, charge: Charge) -> float:
     """The host's `room` once `charge` is held."""
     amounts = charge.amounts()
+    return room_with(host, [held + amount for held, amount in zip(host.pending, amounts, strict=True)])
+
+
+def room_with(host: HostState, pending: Sequence[int]) -> float:
+    """The host's `room` were its pending totals `pending` (per resource, RESOURCES order)."""
     return room(
         [limit.effective_limit for limit in host.limits],
         [
-            available(limit.effective_limit, host.allocated[index], host.pending[index]) - amounts[index]
+            available(limit.effective_limit, host.allocated[index], pending[index])
             for index, limit in enumerate(host.limits)
         ],
     )
+
+
+def share_out(
+    hosts: Sequence[HostState],
+    count: int,
+    policy: str,
+    pending_with: Callable[[HostState, int], Sequence[int] | None],
+) -> list[str]:
+    """Where `count` identical asks go when placed one after another, each on the host `policy` ranks first
+    once the asks before it are held there (ties by host id): the host of each ask in order, fewer when the
+    hosts run out. `pending_with(host, n)`: the host's pending totals with n of the asks held, or None when
+    the n-th does not fit (`core.admission.decide` says which). Sequential `place` calls would choose the
+    same hosts, so a group of them can be decided at once."""
+    sign = -1.0 if policy == SPREAD else 1.0
+    queue: list[tuple[float, str, int, HostState]] = []
+
+    def offer(host: HostState, n: int) -> None:
+        pending = pending_with(host, n)
+        if pending is not None:
+            heapq.heappush(queue, (sign * room_with(host, pending), host.host_id, n, host))
+
+    for host in hosts:
+        offer(host, 1)
+    chosen: list[str] = []
+    while queue and len(chosen) < count:
+        _, host_id, n, host = heapq.heappop(queue)
+        chosen.append(host_id)
+        offer(host, n + 1)
+    return chosen
 
 
 def ranked(scored: Sequence[tuple[str, float]], policy: str) -> list[tuple[str, float]]:
@@ -141,3 +176,18 @@ class Shortfalls:
 
 
 RESOURCE_NAMES: Final = tuple(r.value for r in RESOURCES)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceCall:
+    """One `place` call: the ask, and which hosts may take it and in what order."""
+
+    ask: Ask
+    labels: Mapping[str, str] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+    policy: str = SPREAD
+    attempts: int = DEFAULT_ATTEMPTS
+
+    def search(self) -> Hashable:
+        """Calls equal in this are answered by one search."""
+        return (self.ask.request, tuple(sorted(self.labels.items())), self.exclude, self.policy)

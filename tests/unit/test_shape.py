@@ -18,6 +18,7 @@ PURE = {
     "decimal",
     "enum",
     "functools",
+    "heapq",
     "itertools",
     "json",
     "math",
