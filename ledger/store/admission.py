@@ -25,7 +25,7 @@ from ledger.store.reservations import Reservations
 from ledger.store.rows import hold_delta, hold_row, log_row
 from ledger.store.sql import Sql
 from ledger.store.totals import pending_delta
-from ledger.store.tx import Tx
+from ledger.store.tx import LockedHost, Tx
 
 HostAsk = tuple[str, Ask]  # an ask and the host it is for
 Answer = Grant | LedgerError
@@ -67,18 +67,24 @@ class Admission:
         by_host: dict[str, list[int]] = {}
         for index, (host_id, _) in enumerate(asks):
             by_host.setdefault(host_id, []).append(index)
-        for host_id in sorted(by_host):
-            indices = by_host[host_id]
+        tx.read_ahead(list(by_host))  # several hosts: locked and read by one statement
+        locked: dict[str, LockedHost] = {}
+        for host_id in sorted(by_host):  # each locked (and its expired holds swept) before any is decided
             try:
-                host = tx.lock(host_id)
+                locked[host_id] = tx.lock(host_id)
             except UnknownHost as exc:
-                for index in indices:
+                for index in by_host[host_id]:
                     answers[index] = exc
-                continue
+        keys = {
+            host_id: [key for index in by_host[host_id] if (key := asks[index][1].key) is not None]
+            for host_id in locked
+        }
+        earlier_on = self.reservations.earlier_on(tx.cursor, keys)  # one statement for every host
+        for host_id, host in locked.items():
+            indices = by_host[host_id]
             state = self.hosts.state(tx.cursor, host)
             group = [asks[index][1] for index in indices]
-            keys = [ask.key for ask in group if ask.key is not None]
-            earlier = self.reservations.earlier(tx.cursor, host_id, keys) if keys else {}
+            earlier = earlier_on.get(host_id, {})
             decision = self.decide(state, group, earlier)
             plan = self.plan(host_id, group, decision)
             tx.holds += plan.holds
@@ -90,7 +96,6 @@ class Admission:
             for index, answer in zip(indices, plan.answers, strict=True):
                 answers[index] = answer
             if fleet_keys:
-                group = [asks[index][1] for index in indices]
                 tx.placements.extend(self.placements(host_id, group, plan.answers))
         return answers  # type: ignore[return-value]  # every index was answered above
 

@@ -3,7 +3,7 @@ found again by their idempotency keys. (Granting is admission's; expiry is swept
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -45,7 +45,7 @@ class Reservations:
         m = db.sql.mark
         self._select_keys = (
             f"SELECT {', '.join(_EARLIER)} FROM reservations "
-            f"WHERE host_id = {m} AND idempotency_key IN ({{}})"
+            f"WHERE host_id IN ({{}}) AND idempotency_key IN ({{}})"
         )
         self._end = (
             f"UPDATE reservations SET status = {m}, ended_at = {m}, instance_id = {m} "
@@ -55,18 +55,28 @@ class Reservations:
 
     def earlier(self, cursor: Cursor, host_id: str, keys: Sequence[str]) -> dict[str, EarlierHold]:
         """Reservations already made on this host under any of `keys`, by key."""
-        if not keys:
+        return self.earlier_on(cursor, {host_id: keys}).get(host_id, {})
+
+    def earlier_on(
+        self, cursor: Cursor, keys: Mapping[str, Sequence[str]]
+    ) -> dict[str, dict[str, EarlierHold]]:
+        """`earlier` for several hosts in one statement: host → key → the reservation made under it."""
+        hosts = sorted(host for host, wanted in keys.items() if wanted)
+        unique = sorted({key for host in hosts for key in keys[host]})
+        if not unique:
             return {}
-        unique = sorted(set(keys))
-        cursor.execute(self._select_keys.format(self.db.sql.marks(len(unique))), (host_id, *unique))
+        marks = self.db.sql.marks
+        cursor.execute(self._select_keys.format(marks(len(hosts)), marks(len(unique))), (*hosts, *unique))
         read_time = self.db.sql.read_time
-        found = {}
+        found: dict[str, dict[str, EarlierHold]] = {}
         for rid, host, key, status, expires, *amounts, gpu, profile, defaulted in cursor.fetchall():
+            if key not in keys[host]:  # another host's key, used here too
+                continue
             vcpus, memory, disk, download, upload, disk_io = amounts
             charge = Charge(vcpus, memory, disk, download, upload, disk_io, gpu, profile, _names(defaulted))
             expires_at = read_time(expires)
             assert expires_at is not None  # the column is NOT NULL
-            found[key] = EarlierHold(rid, host, key, status, expires_at, charge)
+            found.setdefault(host, {})[key] = EarlierHold(rid, host, key, status, expires_at, charge)
         return found
 
     def find(self, reservation_id: str) -> ReservationInfo:

@@ -66,8 +66,10 @@ class Sql:
     def marks(self, count: int) -> str:
         return ", ".join([self.mark] * count)
 
-    def insert(self, table: str, columns: tuple[str, ...]) -> str:
-        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({self.marks(len(columns))})"
+    def insert(self, table: str, columns: tuple[str, ...], rows: int = 1) -> str:
+        """An INSERT of `rows` rows of `columns`."""
+        row = f"({self.marks(len(columns))})"
+        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}"
 
 
 def binder(column: Column[Any], dialect: Dialect) -> Callable[[Any], Any]:

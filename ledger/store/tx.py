@@ -51,6 +51,7 @@ HOST_COLUMNS = (
     *TOTAL_COLUMNS,
     "room",
 )
+_ROWS_PER_INSERT = 256  # rows of one multi-row INSERT (PostgreSQL binds at most 65,535 parameters)
 UNREGISTERED_HINT = "host is not registered: run `ledger host refresh` on it, or publish host.capacity"
 
 
@@ -121,6 +122,13 @@ class Statements:
         m = sql.mark
         self.sql = sql
         self.select_host = f"SELECT {', '.join(HOST_COLUMNS)} FROM hosts WHERE host_id = {m}{sql.for_update}"
+        # several hosts locked by one statement, in the order `lock_all` takes them one by one (Python's
+        # string order is the "C" collation's), so it never waits on them in a cycle with a one-by-one locker
+        self._select_hosts = (
+            f"SELECT {', '.join(HOST_COLUMNS)} FROM hosts WHERE host_id IN ({{}})"
+            + (' ORDER BY host_id COLLATE "C"' if sql.for_update else "")
+            + sql.for_update
+        )
         # a host row made by a record that arrived before the host registered: every other column empty
         self.fresh_host = tuple(_FRESH_HOST.values())
         self.insert_host = (
@@ -137,9 +145,22 @@ class Statements:
         )
         # `flush` sets only the totals a transaction moved (a hold moves 6 of 19): one statement per set
         self._host_writers: dict[tuple[str, ...], str] = {}
-        self.insert_hold = sql.insert("reservations", HOLD_COLUMNS)
-        self.insert_placement = sql.insert("placements", PLACEMENT_COLUMNS)
-        self.insert_log = sql.insert("allocation_log", LOG_COLUMNS)
+
+    def insert_rows(self, cursor: Cursor, table: str, columns: tuple[str, ...], rows: Sequence[Any]) -> None:
+        """Insert `rows`: on PostgreSQL as one statement per up to `_ROWS_PER_INSERT` (far less work for
+        the server than a statement per row); SQLite, in-process, takes them one by one."""
+        if self.sql.sqlite or len(rows) == 1:
+            if len(rows) == 1:
+                cursor.execute(self.sql.insert(table, columns), rows[0])
+            else:
+                cursor.executemany(self.sql.insert(table, columns), rows)
+            return
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            cursor.execute(self.sql.insert(table, columns, len(chunk)), [v for row in chunk for v in row])
+
+    def select_hosts(self, count: int) -> str:
+        return self._select_hosts.format(self.sql.marks(count))
 
     def host_writer(self, totals: Sequence[str]) -> str:
         """UPDATE of a host row: `totals`, every derived column (limits may have changed too), next_expiry."""
@@ -176,6 +197,7 @@ class Tx:
         self.hosts: dict[str, LockedHost] = {}
         # host rows as they stand in the database already (the caller vouches): `lock` takes them unread
         self.known = known or {}
+        self._ahead: dict[str, LockedHost] = {}  # rows `read_ahead` locked and read, not yet taken by `lock`
         self.holds: list[tuple[Any, ...]] = []
         self.logs: list[tuple[Any, ...]] = []
         self.placements: list[tuple[Any, ...]] = []  # fleet-wide place keys of new holds
@@ -186,7 +208,7 @@ class Tx:
         host = self.hosts.get(host_id)
         if host is not None:
             return host
-        host = self.known.get(host_id)
+        host = self.known.get(host_id) or self._ahead.pop(host_id, None)
         if host is None:
             host = self._read(host_id, create)
         self.hosts[host_id] = host
@@ -208,8 +230,22 @@ class Tx:
 
     def lock_all(self, host_ids: Iterable[str], *, create: bool = False) -> None:
         """Lock several hosts, always in the same (sorted) order, so two writers never wait on each other."""
-        for host_id in sorted(set(host_ids)):
+        wanted = sorted(set(host_ids))
+        self.read_ahead(wanted)
+        for host_id in wanted:
             self.lock(host_id, create=create)
+
+    def read_ahead(self, host_ids: Sequence[str]) -> None:
+        """Lock and read, in one statement and in sorted order, those of the hosts that exist and are not
+        locked yet; `lock` then takes them without a statement of its own. Nothing is raised for a host
+        that does not exist: `lock` says so when it is asked for it."""
+        unread = sorted({h for h in host_ids if h not in self.hosts and h not in self.known})
+        if len(unread) < 2:
+            return
+        self.cursor.execute(self.statements.select_hosts(len(unread)), unread)
+        for row in self.cursor.fetchall():
+            host = LockedHost.from_row(row, self.sql.read_time)
+            self._ahead[host.host_id] = host
 
     def move(self, host: LockedHost, delta: Delta) -> None:
         """Shift the host's totals by `delta`; InvalidRequest (nothing moved) if a total would overflow."""
@@ -258,21 +294,27 @@ class Tx:
     def flush(self) -> None:
         """Write the buffered holds and history rows, and each changed host row once."""
         s, cursor = self.statements, self.cursor
-        if self.holds:
-            cursor.executemany(s.insert_hold, self.holds)
-            self.holds = []
-        if self.logs:
-            cursor.executemany(s.insert_log, self.logs)
-            self.logs = []
-        if self.placements:  # a key another replica placed meanwhile fails here: the caller replays it
-            cursor.executemany(s.insert_placement, self.placements)
-            self.placements = []
+        # a key another replica placed meanwhile fails the placements: the caller replays it
+        for table, columns, rows in (
+            ("reservations", HOLD_COLUMNS, self.holds),
+            ("allocation_log", LOG_COLUMNS, self.logs),
+            ("placements", PLACEMENT_COLUMNS, self.placements),
+        ):
+            if rows:
+                s.insert_rows(cursor, table, columns, rows)
+        self.holds, self.logs, self.placements = [], [], []
+        writes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}  # hosts that moved the same totals
         for host in self.hosts.values():
             if not host.changed:
                 continue
             moved = tuple(c for c in TOTAL_COLUMNS if c in host.moved)
             row = (*host.row(moved), self.sql.bind_time(host.next_expiry), host.host_id)
-            cursor.execute(s.write_moved(moved), row)
+            writes.setdefault(moved, []).append(row)
             host.revision += 1
             host.changed = False
             host.moved = set()
+        for moved, rows in writes.items():
+            if len(rows) == 1:
+                cursor.execute(s.write_moved(moved), rows[0])
+            else:  # psycopg pipelines them: one round trip
+                cursor.executemany(s.write_moved(moved), rows)
