@@ -2,10 +2,11 @@
 
 The micro API awaits one handler at a time per endpoint, so no handler waits for the database: a validate is
 parsed and queued, and one admitter takes everything queued as a group into one transaction (in arrival
-order, each against what its predecessors left) and answers each, so one commit serves many callers. Other
-requests are answered in their own tasks (up to `max_inflight` at once) with the database work in a thread
-pool. Correctness comes from the database's locks, so several replicas in the queue group share the load
-safely.
+order, each against what its predecessors left) and answers each, so one commit serves many callers. A
+place is queued likewise, and one placer answers what is queued as a group (`Ledger.place_many`: one
+search and one statement per host serve many callers). Other requests are answered in their own tasks (up
+to `max_inflight` at once) with the database work in a thread pool. Correctness comes from the database's
+locks, so several replicas in the queue group share the load safely.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from nats.micro.service import Service
 
 from ledger import __version__
 from ledger.bus.busy_poll import BusyPoll
+from ledger.bus.groups import GroupQueue
 from ledger.bus.protocol import (
     ENDPOINTS,
     PREFIX,
@@ -42,7 +44,7 @@ from ledger.bus.protocol import (
 from ledger.core.capacity import check_amount
 from ledger.core.charges import Ask
 from ledger.core.errors import InvalidRequest, LedgerError
-from ledger.core.placement import DEFAULT_ATTEMPTS, DEFAULT_LIMIT, MAX_ATTEMPTS, MAX_LIMIT
+from ledger.core.placement import DEFAULT_ATTEMPTS, DEFAULT_LIMIT, MAX_ATTEMPTS, MAX_LIMIT, PlaceCall
 from ledger.core.results import MAX_PAGE, Grant
 from ledger.observe.registry import new_registry
 from ledger.observe.requests import RequestMetrics
@@ -90,18 +92,14 @@ class LedgerService:
         self._service: Service | None = None
         self.max_inflight = max_inflight
         self.max_group = max_group
-        # parsed validates waiting for the next group, with when each arrived
-        self._backlog: list[tuple[Request, HostAsk, float]] = []
-        self._queued = asyncio.Event()  # the backlog is not empty
-        self._room = asyncio.Event()  # the backlog is below max_inflight
-        self._room.set()
-        self._idle = asyncio.Event()  # nothing waiting and no group being admitted
-        self._idle.set()
-        self._admitter: asyncio.Task[None] | None = None
+        # parsed validates and places waiting for the next group, with when each arrived
+        self._validates: GroupQueue[tuple[Request, HostAsk, float]] = GroupQueue(max_inflight)
+        self._places: GroupQueue[tuple[Request, PlaceCall, float]] = GroupQueue(max_inflight)
+        self._groupers: list[asyncio.Task[None]] = []
         self._background_idle = background_idle  # e.g. no event batch on a thread
         self._busy_poll = BusyPoll(busy_poll_s, self._nothing_in_flight)
         self.metrics = metrics or RequestMetrics(new_registry(), ENDPOINTS)
-        # validate is queued for group admission instead (see _accept_validate and _admit_groups)
+        # validate and place are queued for groups instead (see _accept_validate and _accept_place)
         self._handlers: dict[str, Handler] = {
             "release": self._release,
             "status": self._status,
@@ -111,13 +109,15 @@ class LedgerService:
             "hosts": self._hosts,
             "candidates": self._candidates,
             "running_instances": self._running_instances,
-            "place": self._place,
             "reservation": self._reservation,
         }
-        assert {*self._handlers, "validate"} == set(ENDPOINTS)
+        assert {*self._handlers, "validate", "place"} == set(ENDPOINTS)
 
     async def start(self) -> None:
-        self._admitter = asyncio.create_task(self._admit_groups())
+        self._groupers = [
+            asyncio.create_task(self._admit_groups()),
+            asyncio.create_task(self._place_groups()),
+        ]
         self._service = await add_service(
             self.nc,
             name=SERVICE_NAME,
@@ -127,7 +127,8 @@ class LedgerService:
         )
         group = self._service.add_group(name=PREFIX, queue_group=QUEUE_GROUP)
         for name in ENDPOINTS:
-            handler = self._accept_validate if name == "validate" else self._accept(name)
+            queued = {"validate": self._accept_validate, "place": self._accept_place}
+            handler = queued.get(name) or self._accept(name)
             await group.add_endpoint(name=name, handler=handler)
         # the endpoints' SUBs are only buffered so far: until the server has them, a request finds no
         # responder, and whoever waits for `ledger serve` to be ready would be told too early
@@ -156,12 +157,13 @@ class LedgerService:
         await asyncio.sleep(0)  # let the drained messages' callbacks create their tasks
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=timeout)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        if self._admitter is not None:
-            self._admitter.cancel()
+        for queue in (self._validates, self._places):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queue.wait_idle(), timeout)
+        for grouper in self._groupers:
+            grouper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._admitter
+                await grouper
         await self.ledger.aclose()
         self._pool.shutdown(wait=True)
         self._admission_thread.shutdown(wait=True)
@@ -178,12 +180,21 @@ class LedgerService:
         except LedgerError as exc:
             await self._reply(request, "validate", started, error=exc)
             return
-        while len(self._backlog) >= self.max_inflight:
-            self._room.clear()
-            await self._room.wait()
-        self._backlog.append((request, hold, started))
-        self._idle.clear()
-        self._queued.set()
+        await self._validates.put((request, hold, started))
+
+    async def _accept_place(self, request: Request) -> None:
+        """Parse and check a place here, then queue it for the next group (as `_accept_validate` does)."""
+        started = time.perf_counter()
+        try:
+            call = self._place_args(parse_request("place", request.data))
+        except LedgerError as exc:
+            await self._reply(request, "place", started, error=exc)
+            return
+        except Exception:
+            log.exception("place failed")
+            await self._reply(request, "place", started, error=_internal_error())
+            return
+        await self._places.put((request, call, started))
 
     async def _admit_groups(self) -> None:
         """Admit everything waiting (up to max_group) in one transaction, answer each, repeat.
@@ -195,11 +206,7 @@ class LedgerService:
         lone request that does not fit) runs on the admission thread.
         """
         while True:
-            await self._queued.wait()
-            group, self._backlog = self._backlog[: self.max_group], self._backlog[self.max_group :]
-            if not self._backlog:
-                self._queued.clear()
-            self._room.set()
+            group = await self._validates.take(self.max_group)
             asks = [ask for _, ask, _ in group]
             try:
                 outcomes = await self._admit(asks)
@@ -211,10 +218,10 @@ class LedgerService:
                     await self._reply(request, "validate", started, error=outcome)
                 else:
                     await self._reply(request, "validate", started, grant_reply(outcome))
-            if not self._backlog:
-                self._idle.set()
-                if len(group) == 1:  # a lone caller is likely waiting to send its next request; with several
-                    self._busy_poll.after_reply()  # the loop stays busy, and polling would take their core
+            # a lone caller is likely waiting to send its next request; with several the loop stays busy,
+            # and polling would take their core
+            if self._validates.answered() and len(group) == 1:
+                self._busy_poll.after_reply()
 
     async def _admit(self, asks: list[HostAsk]) -> list[Grant | LedgerError]:
         """Where a group is admitted (the decision and the rows are the same everywhere): on SQLite right
@@ -236,10 +243,39 @@ class LedgerService:
             return exc
         except Exception:
             log.exception("validate failed")
-            return LedgerError("internal error; see the ledger service's log")
+            return _internal_error()
+
+    async def _place_groups(self) -> None:
+        """Place everything waiting (up to max_group) as one group on a pool thread, answer each, repeat."""
+        loop = asyncio.get_running_loop()
+        while True:
+            group = await self._places.take(self.max_group)
+            calls = [call for _, call, _ in group]
+            try:
+                outcomes = await loop.run_in_executor(self._pool, self.ledger.place_many, calls)
+            except Exception:  # one bad call must not decide its neighbours' answers: each alone
+                log.exception("a group of %d places failed; placing each on its own", len(calls))
+                outcomes = [await loop.run_in_executor(self._pool, self._place_alone, call) for call in calls]
+            for (request, _, started), outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, LedgerError):
+                    await self._reply(request, "place", started, error=outcome)
+                else:
+                    await self._reply(request, "place", started, grant_reply(outcome))
+            if self._places.answered() and len(group) == 1:
+                self._busy_poll.after_reply()
+
+    def _place_alone(self, call: PlaceCall) -> Grant | LedgerError:
+        try:
+            return self.ledger.place_many([call])[0]
+        except LedgerError as exc:
+            return exc
+        except Exception:
+            log.exception("place failed")
+            return _internal_error()
 
     def _nothing_in_flight(self) -> bool:
-        return self._idle.is_set() and not self._inflight and self._background_idle()
+        idle = self._validates.idle and self._places.idle
+        return idle and not self._inflight and self._background_idle()
 
     def _accept(self, endpoint: str) -> Callable[[Request], Any]:
         async def accept(request: Request) -> None:
@@ -267,8 +303,7 @@ class LedgerService:
                 return
             except Exception:
                 log.exception("%s failed", endpoint)
-                internal = LedgerError("internal error; see the ledger service's log")
-                await self._reply(request, endpoint, started, error=internal)
+                await self._reply(request, endpoint, started, error=_internal_error())
                 return
             await self._reply(request, endpoint, started, reply)
         finally:
@@ -382,16 +417,14 @@ class LedgerService:
         )
         return found.to_dict()
 
-    def _place(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _place_args(self, body: dict[str, Any]) -> PlaceCall:
         search = SearchRequest.from_body(
             body, count="attempts", default=DEFAULT_ATTEMPTS, maximum=MAX_ATTEMPTS
         )
         ask = Ask(allocation_request(body), body.get("idempotency_key"), body.get("ttl_seconds"))
-        grant = self.ledger.place(
-            ask,
-            labels=search.labels,
-            exclude=search.exclude_hosts,
-            policy=search.policy,
-            attempts=search.limit,
-        )
-        return grant.to_dict()
+        return PlaceCall(ask, search.labels, search.exclude_hosts, search.policy, search.limit)
+
+
+def _internal_error() -> LedgerError:
+    """What a caller is told when the service failed in a way it did not foresee (the log has the rest)."""
+    return LedgerError("internal error; see the ledger service's log")

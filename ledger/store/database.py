@@ -149,6 +149,16 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     @contextmanager
+    def session(self) -> Iterator[Connection]:
+        """A transaction on a connection of its own, for what is not a write of the ledger's rows (`place`
+        holds its keys' advisory locks in one); a dropped connection is `Unavailable`."""
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except self._driver_errors as exc:
+            raise _unavailable(exc) from exc
+
+    @contextmanager
     def read(self, on: Engine | None = None) -> Iterator[Connection]:
         """Reads that write nothing, on this database's engine or another of its engines (`on`). SQLite:
         one transaction without the write lock (a plain deferred BEGIN). PostgreSQL: autocommit, each

@@ -52,6 +52,7 @@ class Candidate:
     available: Mapping[str, int]
     score: float
     read: LockedHost | None = field(default=None, compare=False, repr=False)  # the row as the search read it
+    state: HostState | None = field(default=None, compare=False, repr=False)  # what decide saw in `read`
 
     def to_dict(self) -> dict[str, Any]:
         return {"host": self.host_id, "available": dict(self.available), "score": self.score}
@@ -355,4 +356,4 @@ def _statement(sql: str) -> TextClause:
 
 def _candidate(host: LockedHost, state: HostState, admit: Admit) -> Candidate:
     left = {r.value: state.status(r).available for r in RESOURCES}
-    return Candidate(state.host_id, left, room_after(state, admit.charge), host)
+    return Candidate(state.host_id, left, room_after(state, admit.charge), host, state)

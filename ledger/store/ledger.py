@@ -24,6 +24,7 @@ from ledger.core.capacity import ResourceStatus
 from ledger.core.charges import AllocationRequest, Ask, DefaultBandwidth
 from ledger.core.errors import LedgerError, Unavailable
 from ledger.core.gpu import GPUStatus
+from ledger.core.placement import PlaceCall
 from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, VolumeRecord
 from ledger.core.resources import Capacity, ResourceType
 from ledger.core.results import ApplyResult, FullStatus, Grant, InstanceUtilizationInfo, ReservationInfo
@@ -202,6 +203,11 @@ class Ledger:
         if isinstance(answer, LedgerError):
             raise answer
         return answer
+
+    def place_many(self, calls: Sequence[PlaceCall]) -> list[Answer]:
+        """`place` for calls that arrived together, each answered (grant or refusal) in order as `place`
+        would answer it; on PostgreSQL settled as a group (store/place.py)."""
+        return self.placer.place_many(calls)
 
     # ---- reservations -----------------------------------------------------------------------------------
 
