@@ -314,11 +314,9 @@ class Fleet:
         with self.db.read() as conn:
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             try:
-                found = {}
-                for row in conn.execute(query, {"ids": list(host_ids)}):
-                    host = self._host(row)
-                    found[host.host_id] = (host, self.hosts.state(cursor, host))
-                return found
+                read = [self._host(row) for row in conn.execute(query, {"ids": list(host_ids)})]
+                self.hosts.load(cursor, read)  # the limits of hosts not seen before, in two statements
+                return {host.host_id: (host, self.hosts.state(cursor, host)) for host in read}
             finally:
                 cursor.close()
 

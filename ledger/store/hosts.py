@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,12 +44,11 @@ class Hosts:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        m = db.sql.mark
         self._select_limits = (
-            f"SELECT resource, capacity, effective_limit, oversub_ratio, source, hint FROM capacities "
-            f"WHERE host_id = {m}"
+            "SELECT host_id, resource, capacity, effective_limit, oversub_ratio, source, hint "
+            "FROM capacities WHERE host_id IN ({})"
         )
-        self._select_gpu = f"SELECT gpu_status, labels FROM hosts WHERE host_id = {m}"
+        self._select_gpu = "SELECT host_id, gpu_status, labels FROM hosts WHERE host_id IN ({})"
         self._cache: dict[str, tuple[int, HostLimits]] = {}
 
     def register(
@@ -154,28 +153,42 @@ class Hosts:
 
     def limits(self, cursor: Cursor, host: LockedHost) -> HostLimits:
         """The host's limits and GPU inventory, read again only when its capacity_version moved."""
-        cached = self._cache.get(host.host_id)
-        if cached is not None and cached[0] == host.capacity_version:
-            return cached[1]
-        cursor.execute(self._select_limits, (host.host_id,))
-        rows = {row[0]: row for row in cursor.fetchall()}
-        limits = []
-        for resource in RESOURCES:
-            row = rows.get(resource.value)
-            if row is None:  # a host row made by an early event: nothing registered yet
-                limits.append(_UNDETECTED)
-                continue
-            _, cap, limit, ratio, source, hint = row
-            limits.append(ResourceLimit(cap, limit, ratio, Source(source), hint))
-        cursor.execute(self._select_gpu, (host.host_id,))
-        text, labels = cursor.fetchone()
-        gpu = json.loads(text) if text else None
-        profiles = {p["name"]: int(p.get("available", 0)) for p in (gpu or {}).get("profiles", [])}
-        if isinstance(labels, str):  # SQLite keeps JSON as text; psycopg reads JSONB as a dict
-            labels = json.loads(labels)
-        found = HostLimits(tuple(limits), gpu, profiles, dict(labels or {}))
-        self._cache[host.host_id] = (host.capacity_version, found)
-        return found
+        cached = self.cached(host.host_id, host.capacity_version)
+        if cached is not None:
+            return cached
+        self.load(cursor, [host])
+        return self._cache[host.host_id][1]
+
+    def load(self, cursor: Cursor, found: Sequence[LockedHost]) -> None:
+        """Read the limits of those of the hosts this process has not cached at their capacity_version, in
+        two statements however many there are (a fleet search confirms hosts it has never seen)."""
+        stale = {
+            h.host_id: h.capacity_version for h in found if self.cached(h.host_id, h.capacity_version) is None
+        }
+        if not stale:
+            return
+        ids = sorted(stale)
+        marks = self.db.sql.marks(len(ids))
+        cursor.execute(self._select_limits.format(marks), ids)
+        rows: dict[str, dict[str, Any]] = {}
+        for row in cursor.fetchall():
+            rows.setdefault(row[0], {})[row[1]] = row
+        cursor.execute(self._select_gpu.format(marks), ids)
+        for host_id, text, stored_labels in cursor.fetchall():
+            limits = []
+            for resource in RESOURCES:
+                row = rows.get(host_id, {}).get(resource.value)
+                if row is None:  # a host row made by an early event: nothing registered yet
+                    limits.append(_UNDETECTED)
+                    continue
+                _, _, cap, limit, ratio, source, hint = row
+                limits.append(ResourceLimit(cap, limit, ratio, Source(source), hint))
+            gpu = json.loads(text) if text else None
+            profiles = {p["name"]: int(p.get("available", 0)) for p in (gpu or {}).get("profiles", [])}
+            # SQLite keeps JSON as text; psycopg reads JSONB as a dict
+            labels = json.loads(stored_labels) if isinstance(stored_labels, str) else stored_labels
+            limits_of = HostLimits(tuple(limits), gpu, profiles, dict(labels or {}))
+            self._cache[host_id] = (stale[host_id], limits_of)
 
     def cached(self, host_id: str, capacity_version: int) -> HostLimits | None:
         """The host's limits at `capacity_version`, if this process has them."""
