@@ -213,15 +213,21 @@ class LedgerService:
             except Exception:  # one bad ask must not decide its neighbours' answers: each alone
                 log.exception("a group of %d validates failed; admitting each on its own", len(asks))
                 outcomes = [await self._admit_alone(ask) for ask in asks]
-            for (request, _, started), outcome in zip(group, outcomes, strict=True):
-                if isinstance(outcome, LedgerError):
-                    await self._reply(request, "validate", started, error=outcome)
-                else:
-                    await self._reply(request, "validate", started, grant_reply(outcome))
+            await self._reply_each("validate", group, outcomes)
             # a lone caller is likely waiting to send its next request; with several the loop stays busy,
             # and polling would take their core
             if self._validates.answered() and len(group) == 1:
                 self._busy_poll.after_reply()
+
+    async def _reply_each(
+        self, endpoint: str, group: list[tuple[Request, Any, float]], outcomes: list[Grant | LedgerError]
+    ) -> None:
+        """Answer each request of a group with its grant or refusal."""
+        for (request, _, started), outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, LedgerError):
+                await self._reply(request, endpoint, started, error=outcome)
+            else:
+                await self._reply(request, endpoint, started, grant_reply(outcome))
 
     async def _admit(self, asks: list[HostAsk]) -> list[Grant | LedgerError]:
         """Where a group is admitted (the decision and the rows are the same everywhere): on SQLite right
@@ -256,11 +262,7 @@ class LedgerService:
             except Exception:  # one bad call must not decide its neighbours' answers: each alone
                 log.exception("a group of %d places failed; placing each on its own", len(calls))
                 outcomes = [await loop.run_in_executor(self._pool, self._place_alone, call) for call in calls]
-            for (request, _, started), outcome in zip(group, outcomes, strict=True):
-                if isinstance(outcome, LedgerError):
-                    await self._reply(request, "place", started, error=outcome)
-                else:
-                    await self._reply(request, "place", started, grant_reply(outcome))
+            await self._reply_each("place", group, outcomes)
             if self._places.answered() and len(group) == 1:
                 self._busy_poll.after_reply()
 
