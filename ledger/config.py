@@ -513,6 +513,15 @@ SETTINGS: tuple[Setting, ...] = (
         300.0,
     ),
     Setting(
+        "sweep_interval",
+        ("LEDGER_SWEEP_INTERVAL",),
+        _seconds,
+        "a number of seconds greater than 0",
+        "how often `ledger serve` ends holds past their TTL on hosts nothing else locks, so that fleet "
+        "searches (`candidates`, `place`) see their room again",
+        1.0,
+    ),
+    Setting(
         "metrics_addr",
         ("LEDGER_METRICS_ADDR",),
         _listen_addr,
@@ -616,6 +625,7 @@ class Settings:
     retention_history_days: float
     retention_dead_letters_days: float
     prune_interval: float
+    sweep_interval: float
     metrics_addr: str | None
     stream_replicas: int
     usage_interval: float

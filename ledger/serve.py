@@ -29,7 +29,7 @@ from ledger.observe.observer import Observer
 from ledger.observe.requests import RequestMetrics
 from ledger.observe.serving import ServeObservation
 from ledger.observe.usage import HourlyUsed, IngestedUsage, SampledUsage
-from ledger.pruning import prune_until
+from ledger.pruning import prune_until, sweep_until
 from ledger.store.ledger import Ledger
 from ledger.usage.reporting import SamplingLoop
 from ledger.usage.sampler import Sampler
@@ -195,6 +195,7 @@ async def _serve_ledger(
     consuming = asyncio.create_task(consumer.run(stopping.event))
     background = [
         asyncio.create_task(prune_until(stopping.event, ledger, settings, consumer.durable)),
+        asyncio.create_task(sweep_until(stopping.event, ledger, settings)),
         asyncio.create_task(observation.refresh_until(stopping.event, consumer.lag)),
         *(
             asyncio.create_task(job.run(stopping.event))

@@ -77,7 +77,7 @@ class RecordsCollector(Collector):
         )
         held = GaugeMetricFamily(
             "ledger_reservations_held",
-            "Reservations held (including any past their TTL that the host's next lock sweeps)",
+            "Reservations held (including any past their TTL not swept yet)",
             labels=["host"],
         )
         expired = GaugeMetricFamily(

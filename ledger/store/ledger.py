@@ -232,6 +232,10 @@ class Ledger:
         """Give a held reservation back; releasing one that already ended says how it ended."""
         return self.reservations.release(reservation_id)
 
+    def sweep_due(self, limit: int = 100) -> int:
+        """End the holds past their TTL on up to `limit` hosts where one is due; how many hosts."""
+        return self.reservations.sweep_due(limit)
+
     # ---- hosts and status ---------------------------------------------------------------------------
 
     def register_host(

@@ -1,8 +1,10 @@
 """Reservations after they are granted: looked up, released, consumed by the instance they were for, and
-found again by their idempotency keys. (Granting is admission's; expiry is swept when a host is locked.)"""
+found again by their idempotency keys. (Granting is admission's; expiry is swept when a host is locked, and
+by `sweep_due` for hosts nobody locks.)"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,7 +16,7 @@ from ledger.core.errors import InvalidRequest, NotFound
 from ledger.core.results import CONSUMED, HELD, RELEASED, RESERVATION_STATUSES, ReservationInfo
 from ledger.store.database import Database
 from ledger.store.rows import HOLD_AMOUNTS
-from ledger.store.sql import Cursor, reservations
+from ledger.store.sql import Cursor, hosts, reservations
 from ledger.store.tx import LockedHost, Tx
 
 DEFAULT_PAGE = 100
@@ -123,6 +125,23 @@ class Reservations:
             total = conn.execute(count).scalar_one()
         return [_info(row) for row in rows], int(total)
 
+    def sweep_due(self, limit: int = 100) -> int:
+        """Lock, and so sweep, up to `limit` hosts with a hold past its TTL (`next_expiry` passed), each in a
+        short transaction of its own; how many were swept. A fleet search reads hosts' rows without locking
+        them, so a host filled by holds nobody came back for would otherwise look full to every search until
+        something else locked it (`ledger serve` calls this every `sweep_interval`)."""
+        due = (
+            select(hosts.c.host_id)
+            .where(hosts.c.next_expiry <= self.db.clock())
+            .order_by(hosts.c.next_expiry)
+            .limit(limit)
+        )
+        with self.db.read() as conn:
+            host_ids = [str(host_id) for host_id in conn.execute(due).scalars()]
+        for host_id in host_ids:
+            self.db.retrying(functools.partial(_lock, host_id=host_id))
+        return len(host_ids)
+
     def release(self, reservation_id: str) -> ReservationInfo:
         """Give a held reservation back; releasing one that already ended says how it ended."""
         if not isinstance(reservation_id, str) or not reservation_id:
@@ -196,3 +215,7 @@ def _info(row: Any) -> ReservationInfo:
             _names(row["defaulted"]),
         ),
     )
+
+
+def _lock(tx: Tx, host_id: str) -> None:
+    tx.lock(host_id)  # locking sweeps the host's expired holds; the commit writes what it ended
