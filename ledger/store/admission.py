@@ -60,9 +60,14 @@ class Admission:
         self.reservation_ttl = reservation_ttl
         self.clock = clock
 
-    def admit(self, tx: Tx, asks: Sequence[HostAsk], *, fleet_keys: bool = False) -> list[Answer]:
+    def admit(
+        self, tx: Tx, asks: Sequence[HostAsk], *, fleet_keys: bool = False, new_keys: bool = False
+    ) -> list[Answer]:
         """The answer to every ask, in order; asks for different hosts do not affect each other. With
-        `fleet_keys` (`place`) a new hold's idempotency key is recorded as unique across the fleet."""
+        `fleet_keys` (`place`) a new hold's idempotency key is recorded as unique across the fleet; with
+        `new_keys` too (the caller vouches that no `place` recorded the keys yet) so is a replayed one's: it
+        replays a `validate` hold on its host, which the key then names fleet-wide, so that a retry finds
+        it there instead of holding again elsewhere."""
         answers: list[Answer | None] = [None] * len(asks)
         by_host: dict[str, list[int]] = {}
         for index, (host_id, _) in enumerate(asks):
@@ -96,18 +101,19 @@ class Admission:
             for index, answer in zip(indices, plan.answers, strict=True):
                 answers[index] = answer
             if fleet_keys:
-                tx.placements.extend(self.placements(host_id, group, plan.answers))
+                tx.placements.extend(self.placements(host_id, group, plan.answers, replayed=new_keys))
         return answers  # type: ignore[return-value]  # every index was answered above
 
     def placements(
-        self, host_id: str, group: Sequence[Ask], answers: Sequence[Answer]
+        self, host_id: str, group: Sequence[Ask], answers: Sequence[Answer], *, replayed: bool = False
     ) -> list[tuple[Any, ...]]:
-        """`place`'s rows (PLACEMENT_COLUMNS): each new hold's idempotency key, unique across the fleet."""
+        """`place`'s rows (PLACEMENT_COLUMNS): each new hold's idempotency key, unique across the fleet
+        (and each replayed one's, with `replayed`)."""
         created = self.sql.bind_time(self.clock())
         return [
             (ask.key, host_id, answer.reservation_id, created)
             for ask, answer in zip(group, answers, strict=True)
-            if ask.key is not None and isinstance(answer, Grant) and not answer.replayed
+            if ask.key is not None and isinstance(answer, Grant) and (replayed or not answer.replayed)
         ]
 
     def decide(self, state: HostState, group: Sequence[Ask], earlier: dict[str, EarlierHold]) -> Decision:

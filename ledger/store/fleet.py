@@ -21,7 +21,16 @@ from sqlalchemy import Engine, TextClause, bindparam, text
 from ledger.core.admission import Admit, decide
 from ledger.core.charges import AllocationRequest, Ask, DefaultBandwidth
 from ledger.core.host import HostState
-from ledger.core.placement import GPU, LABELS, PACK, SPREAD, Shortfalls, ranked, room_after
+from ledger.core.placement import (
+    GPU,
+    LABELS,
+    PACK,
+    SPREAD,
+    Shortfalls,
+    check_policy,
+    ranked,
+    room_after,
+)
 from ledger.core.resources import RESOURCES
 from ledger.store.database import Database
 from ledger.store.engine import index_walking_engine
@@ -104,6 +113,7 @@ class Fleet:
     ) -> Search:
         """Up to `limit` hosts `request` fits on, best first for `policy`, and how the rest fall short;
         reads only (holds nothing)."""
+        check_policy(policy)
         reasons, score, params = self.fit.expressions(request, labels)
         outcome = " ".join(f"WHEN {condition} THEN '{name}'" for condition, name in reasons)
         outcome = f"CASE {outcome} ELSE 'fit' END" if reasons else "'fit'"

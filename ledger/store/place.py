@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import IntegrityError
 
-from ledger.core.admission import Admit
+from ledger.core.admission import Admit, check_key, check_ttl
 from ledger.core.charges import AllocationRequest, Ask
 from ledger.core.errors import InsufficientResources, LedgerError
 from ledger.core.host import HostState
-from ledger.core.placement import MAX_LIMIT, PlaceCall, share_out
+from ledger.core.placement import MAX_LIMIT, PlaceCall, check_policy, share_out
 from ledger.store.admission import Admission, Answer
 from ledger.store.database import Database
 from ledger.store.fleet import Fleet, Search
@@ -65,11 +65,12 @@ class Placer:
         attempts: int,
     ) -> Answer:
         """The grant (its host named in it), or why not: the search's summary when no host fits."""
+        self._check(ask, policy)
         if ask.key is None:
             return self._place(ask, labels, exclude, policy, attempts)
         with self._only_call_with(ask.key) as host:
             if host is not None:
-                return self._on(host, ask)
+                return self._on(host, ask, placed=True)
             return self._place(ask, labels, exclude, policy, attempts)
 
     def place_many(self, calls: Sequence[PlaceCall]) -> list[Answer]:
@@ -82,6 +83,11 @@ class Placer:
         keyed: dict[str, int] = {}
         grouped: list[int] = []
         for index, call in enumerate(calls):
+            try:
+                self._check(call.ask, call.policy)
+            except LedgerError as exc:
+                answers[index] = exc
+                continue
             key = call.ask.key
             if key is not None and key in keyed:  # a twin: answered after the first, as `place` would
                 alone.append(index)
@@ -105,6 +111,13 @@ class Placer:
         for index in sorted(alone):  # the group's keys are unlocked: `place` takes each call's own lock
             answers[index] = self._place_one(calls[index])
         return answers  # type: ignore[return-value]  # every index was answered above
+
+    def _check(self, ask: Ask, policy: str) -> None:
+        """InvalidRequest for a bad TTL, key or policy, whether or not a host fits: admission would say so
+        only on a host that fits, and a refusal would hide what the caller has to fix."""
+        check_ttl(ask.ttl, self.admission.reservation_ttl)
+        check_key(ask.key)
+        check_policy(policy)
 
     def _place_one(self, call: PlaceCall) -> Answer:
         """`place`'s answer, an error included: one call's failure is not its neighbours'."""
@@ -137,7 +150,7 @@ class Placer:
         if not held:
             return left
         try:
-            got = self.db.retrying(lambda tx: self.admission.admit(tx, held, fleet_keys=True))
+            got = self.db.retrying(lambda tx: self.admission.admit(tx, held, fleet_keys=True, new_keys=True))
         except self._duplicates:  # a key placed meanwhile (not under our lock?): each call on its own
             return left + at
         except LedgerError as exc:  # unavailable, written or not: a retry with the same key finds out
@@ -182,13 +195,13 @@ class Placer:
         candidates = self.fleet.best(request, labels=labels, exclude=exclude, policy=policy, limit=attempts)
         for candidate in candidates:
             try:
-                answer = self._on(candidate.host_id, ask, candidate.read)
+                answer = self._on(candidate.host_id, ask, candidate.read, placed=False)
             except self._duplicates:  # another caller placed the same key meanwhile: answer as it did
                 assert ask.key is not None
                 host = self.placed(ask.key)
                 if host is None:
                     raise
-                return self._on(host, ask)
+                return self._on(host, ask, placed=True)
             if not isinstance(answer, InsufficientResources):  # a grant, or a refusal no host would change
                 return answer
         # refused: the full search says how the fleet falls short (and whether others took the room)
@@ -216,14 +229,17 @@ class Placer:
         with self.db.read() as conn:
             return _placed(conn, key)
 
-    def _on(self, host: str, ask: Ask, read: LockedHost | None = None) -> Answer:
+    def _on(self, host: str, ask: Ask, read: LockedHost | None = None, *, placed: bool) -> Answer:
         """Hold `ask` on `host`: in one statement decided on the search's `read` of it when no one has
-        written the host since (PostgreSQL; store/optimistic.py), else in a transaction that locks it."""
-        if self.optimistic is not None and read is not None:
+        written the host since (PostgreSQL; store/optimistic.py), else in a transaction that locks it.
+        `placed`: a `place` recorded the key on `host` already (a retry), so a replay needs no record."""
+        if self.optimistic is not None and read is not None:  # it leaves any key seen before to the lock
             answers = self.optimistic.admit([(host, ask)], read=read, fleet_keys=True)
             if answers is not None:
                 return answers[0]
-        return self.db.retrying(lambda tx: self.admission.admit(tx, [(host, ask)], fleet_keys=True)[0])
+        return self.db.retrying(
+            lambda tx: self.admission.admit(tx, [(host, ask)], fleet_keys=True, new_keys=not placed)[0]
+        )
 
 
 def _placed(conn: Connection, key: str) -> str | None:
