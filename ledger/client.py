@@ -91,6 +91,16 @@ class Reservation:
     defaulted: tuple[str, ...]  # the bandwidths left unstated, charged the default
 
 
+def _host_list(exclude_hosts: Sequence[str] | None) -> list[str] | None:
+    """`exclude_hosts` as sent. One host id given alone is a mistake `list()` would turn into characters."""
+    if isinstance(exclude_hosts, str):
+        raise InvalidRequest(
+            f"exclude_hosts must be a list of host ids: [{exclude_hosts!r}], not {exclude_hosts!r}",
+            field="exclude_hosts",
+        )
+    return None if exclude_hosts is None else list(exclude_hosts)
+
+
 def _reservation(reply: Mapping[str, Any]) -> Reservation:
     return Reservation(
         reservation_id=reply["reservation_id"],
@@ -438,7 +448,7 @@ class LedgerClient:
                 "needs_gpu": needs_gpu,
                 "gpu_profile": gpu_profile,
                 "labels": None if labels is None else dict(labels),
-                "exclude_hosts": None if exclude_hosts is None else list(exclude_hosts),
+                "exclude_hosts": _host_list(exclude_hosts),
                 "policy": policy,
                 "limit": limit,
             },
@@ -485,7 +495,7 @@ class LedgerClient:
                 "needs_gpu": needs_gpu,
                 "gpu_profile": gpu_profile,
                 "labels": None if labels is None else dict(labels),
-                "exclude_hosts": None if exclude_hosts is None else list(exclude_hosts),
+                "exclude_hosts": _host_list(exclude_hosts),
                 "policy": policy,
                 "attempts": attempts,
                 "idempotency_key": idempotency_key,

@@ -18,7 +18,7 @@ from ledger.bus.connect import connect
 from ledger.bus.embedded import EmbeddedNats
 from ledger.bus.service import LedgerService
 from ledger.client import Candidate, LedgerClient
-from ledger.core.errors import InsufficientResources
+from ledger.core.errors import InsufficientResources, InvalidRequest
 from ledger.store.ledger import Ledger
 from tests.conftest import capacities
 from tests.service.helpers import base_env
@@ -319,6 +319,10 @@ async def test_the_client_finds_candidates_and_places_on_the_best(service: str) 
             vcpus=4, memory_bytes=8 * GIB, labels={"zone": "b"}, policy="pack", idempotency_key="vm-1"
         )
         elsewhere = await client.candidates(vcpus=1, exclude_hosts=["node-1", "node-2", "node-3"])
+        for call in (client.candidates, client.place):  # one host id alone is not its characters
+            with pytest.raises(InvalidRequest, match=r"\['node-1'\]") as lone:
+                await call(vcpus=1, exclude_hosts="node-1")
+            assert lone.value.details["field"] == "exclude_hosts"
 
     assert found.candidates == [
         Candidate(
