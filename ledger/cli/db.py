@@ -90,18 +90,24 @@ def prune(args: argparse.Namespace, settings: Settings) -> int:
     from ledger.bus.jetstream import DUPLICATE_WINDOW_S, DURABLE
     from ledger.local import open_writer
     from ledger.store.retention import TABLES, Limits, Retention
+    from ledger.store.usage import USAGE_TABLES
 
     ledger = open_writer(settings)
     try:
         retention = Retention(ledger.db, consumer=DURABLE, duplicate_window_s=DUPLICATE_WINDOW_S)
         report = retention.prune(Limits.of(settings), dry_run=args.dry_run).to_dict()
+        usage_days = settings.retention_usage_days  # what `ledger serve`'s usage consumer prunes hourly
+        report["deleted"] |= ledger.usage.prune_tables(usage_days, dry_run=args.dry_run)
     finally:
         ledger.close()
+    if usage_days <= 0:
+        report["kept_forever"] |= dict.fromkeys(USAGE_TABLES, "retention_usage_days")
+    report["total"] = sum(report["deleted"].values())
     if args.json:
         print_json(report)
         return EXIT_OK
     verb = "would be deleted" if args.dry_run else "deleted"
-    for table in TABLES:
+    for table in (*TABLES, *USAGE_TABLES):
         setting = report["kept_forever"].get(table)
         shown = f"kept forever ({setting} = 0)" if setting else f"{report['deleted'][table]:>9} {verb}"
         print(f"{table:<17} {shown}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, select
+from sqlalchemy import Connection, Table, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger.core.advice import Evidence
@@ -46,6 +46,13 @@ from ledger.store.usage_tables import (
 HOUR = timedelta(hours=1)
 FUTURE_SLACK = timedelta(minutes=5)  # a sampler's clock a little ahead of the ledger's is fine; more is not
 _LATEST_FIGURES = tuple(c.name for c in usage_latest.c if c.name not in {"host_id", "instance_id", "at"})
+# what `retention_usage_days` prunes, each by the time it ages by (samples go once summarised, `roll_up`)
+_AGEING = (
+    (usage_hourly, usage_hourly.c.hour),
+    (host_usage_hourly, host_usage_hourly.c.hour),
+    (usage_latest, usage_latest.c.at),
+)
+USAGE_TABLES = tuple(table.name for table, _ in _AGEING)
 
 
 def hour_of(at: datetime) -> datetime:
@@ -219,18 +226,25 @@ class UsageStore:
 
     def prune(self, days: float) -> int:
         """Delete summaries and newest reports older than `days` (0 keeps them forever); the rows deleted."""
+        return sum(self.prune_tables(days).values())
+
+    def prune_tables(self, days: float, *, dry_run: bool = False) -> dict[str, int]:
+        """`prune`, per table (USAGE_TABLES); `dry_run` counts what would go and deletes nothing."""
         if days <= 0:
-            return 0
+            return dict.fromkeys(USAGE_TABLES, 0)
         cutoff = self.db.clock() - timedelta(days=days)
-        deleted = 0
+        old = {table.name: (table, column < cutoff) for table, column in _AGEING}
+        if dry_run:
+            with self.db.read() as conn:
+                return {
+                    name: int(conn.execute(select(func.count()).select_from(table).where(where)).scalar_one())
+                    for name, (table, where) in old.items()
+                }
         with self._writing() as conn:
-            for table, column in (
-                (usage_hourly, usage_hourly.c.hour),
-                (host_usage_hourly, host_usage_hourly.c.hour),
-                (usage_latest, usage_latest.c.at),
-            ):
-                deleted += conn.execute(delete(table).where(column < cutoff)).rowcount or 0
-        return deleted
+            return {
+                name: conn.execute(delete(table).where(where)).rowcount or 0
+                for name, (table, where) in old.items()
+            }
 
     # ---- reading ---------------------------------------------------------------------------------------
 

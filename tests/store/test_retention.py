@@ -323,7 +323,7 @@ def test_ledger_db_prune_deletes_what_the_settings_let_go(
 ) -> None:
     for name in ("LEDGER_CONFIG", "LEDGER_DATABASE_URL", "DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    for days in ("PROCESSED", "RESERVATIONS", "HISTORY", "DEAD_LETTERS"):
+    for days in ("PROCESSED", "RESERVATIONS", "HISTORY", "DEAD_LETTERS", "USAGE"):
         monkeypatch.delenv(f"LEDGER_RETENTION_{days}_DAYS", raising=False)
     month_ago = FakeClock(datetime.now(UTC) - timedelta(days=30))
     old = Ledger.open(own_url, migrate=False, clock=month_ago)
@@ -344,6 +344,9 @@ def test_ledger_db_prune_deletes_what_the_settings_let_go(
         "placements": 0,
         "allocation_log": 0,
         "dead_letters": 0,
+        "usage_hourly": 0,
+        "host_usage_hourly": 0,
+        "usage_latest": 0,
         "total": 2,
     }
     assert dry["kept_forever"] == {"allocation_log": "retention_history_days"}
