@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import Any
 
 from ledger.cli.common import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, error, print_json
-from ledger.config import Settings
+from ledger.config import SETTINGS, Settings
 
 
 def register(subcommands: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subcommands.add_parser(
         "db",
         help="migrate the database, show its revision, check models against migrations, prune old rows",
-        description="Database schema management (Alembic migrations shipped with ledger), and pruning. "
-        "`upgrade` (and `ledger serve`) are the only commands that create or migrate a database; the "
-        "others need it to exist, `check` and `prune` at the newest revision.",
+        description=textwrap.fill(  # filled here: the epilog's list keeps its lines, so this must too
+            "Database schema management (Alembic migrations shipped with ledger), and pruning. "
+            "`upgrade` (and `ledger serve`) are the only commands that create or migrate a database; "
+            "the others need it to exist, `check` and `prune` at the newest revision.",
+            width=79,
+        ),
+        epilog=_retention_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "action",
@@ -30,6 +36,20 @@ def register(subcommands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="prune: print the report as JSON")
     parser.set_defaults(handler=run)
     return parser
+
+
+def _retention_help() -> str:
+    """What `prune` deletes, from the settings registry: each retention setting, its default, its meaning."""
+    intro = (
+        "prune deletes, in small batches, what these settings let go (in days; 0 keeps forever; a held "
+        "reservation is never pruned). Set them in the environment or the --config file:"
+    )
+    lines = [textwrap.fill(intro, width=79)]
+    for setting in SETTINGS:
+        if setting.key.startswith("retention_"):
+            head = f"{setting.env[0]} (default {setting.default:g}): {setting.help}"
+            lines.append(textwrap.fill(head, width=79, initial_indent="  ", subsequent_indent="    "))
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

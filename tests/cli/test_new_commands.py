@@ -14,6 +14,7 @@ import pytest
 
 from ledger.cli.completion import walk
 from ledger.cli.main import build_parser
+from ledger.config import SETTINGS
 from ledger.store.ledger import Ledger
 from tests.cli.conftest import Cli, ok, one_line_error
 from tests.conftest import capacities
@@ -207,3 +208,21 @@ def test_help_loads_no_database_nats_or_discovery_code(args: list[str]) -> None:
         [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60, check=True
     )
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_db_help_lists_every_retention_setting_with_its_default() -> None:
+    """`ledger db prune` takes its retention from settings with no flags: the help must name them."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "db", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    help_text = " ".join(done.stdout.split())
+    retention = [s for s in SETTINGS if s.key.startswith("retention_")]
+    assert len(retention) >= 5
+    for setting in retention:
+        assert f"{setting.env[0]} (default {setting.default:g}):" in help_text, setting.key
+    assert "a held reservation is never pruned" in help_text
