@@ -505,6 +505,15 @@ SETTINGS: tuple[Setting, ...] = (
         90.0,
     ),
     Setting(
+        "retention_tombstones_days",
+        ("LEDGER_RETENTION_TOMBSTONES_DAYS",),
+        _days,
+        "a number of days (0 keeps them forever)",
+        "how long deleted instances, volumes and images are remembered (never less than "
+        "retention_processed_days); a copy of an event about one that arrives after that counts as new",
+        30.0,
+    ),
+    Setting(
         "prune_interval",
         ("LEDGER_PRUNE_INTERVAL",),
         _seconds,
@@ -624,6 +633,7 @@ class Settings:
     retention_reservations_days: float
     retention_history_days: float
     retention_dead_letters_days: float
+    retention_tombstones_days: float
     prune_interval: float
     sweep_interval: float
     metrics_addr: str | None

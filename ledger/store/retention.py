@@ -8,6 +8,9 @@ Each kind of row goes after its own number of days (0 keeps it forever):
   a stream (`stream_seq` NULL: a file, a dead-letter replay) go by age alone. A copy that still arrives
   later is harmless: events carry full records and per-entity versions, and the entity's row (or its
   tombstone) keeps the version, so the copy reads as `stale` and changes nothing.
+- tombstones (`deleted` instances, volumes, images) by `updated_at`, never sooner than the event ids: the
+  version they keep is the last word on a deleted entity, and only a copy arriving after they went (a
+  publisher resending after a month, by default) would count as new.
 - `reservations`: ended ones (consumed, released, expired) by `ended_at` (and `expires_at`, which the
   search runs on), with the `placements` row of their idempotency key. A held one never goes, even long
   past its TTL: only the sweep under the host lock may end it, since it still counts in the host's
@@ -20,7 +23,8 @@ A batch picks its keys in a read transaction (on SQLite it takes no write lock, 
 behind the search), then deletes them by key in a short write transaction that checks the rule again: a
 row that stopped qualifying meanwhile stays. Every search runs on an index, so a run that finds nothing
 costs a few index probes, not a scan of a table kept for weeks: event ids in stream order, history and
-dead letters in id order (both age along it), reservations per host on (host_id, status, expires_at).
+dead letters in id order (both age along it), reservations per host on (host_id, status, expires_at),
+tombstones per host on an index led by host_id.
 """
 
 from __future__ import annotations
@@ -37,12 +41,20 @@ from sqlalchemy.sql.elements import ColumnElement
 from ledger.core.results import CONSUMED, EXPIRED, RELEASED
 from ledger.store.database import Database
 from ledger.store.journal import dead_letters, last_stream_seq, processed_events
-from ledger.store.sql import allocation_log, hosts, placements, reservations
+from ledger.store.sql import allocation_log, hosts, images, instances, placements, reservations, volumes
 
 DAY_S = 86_400.0
 BATCH = 1000
 BACKGROUND_MAX_BATCHES = 50  # per table and run: `ledger serve` leaves any backlog to its next run
-TABLES = ("processed_events", "reservations", "placements", "allocation_log", "dead_letters")
+_ENTITIES = (instances, volumes, images)  # the kinds whose deletion leaves a tombstone
+TABLES = (
+    "processed_events",
+    "reservations",
+    "placements",
+    "allocation_log",
+    "dead_letters",
+    *(table.name for table in _ENTITIES),
+)
 # each table's field of Limits (and, prefixed `retention_`, its setting); placements go with reservations
 _DAYS = {
     "processed_events": "processed_days",
@@ -50,6 +62,7 @@ _DAYS = {
     "placements": "reservations_days",
     "allocation_log": "history_days",
     "dead_letters": "dead_letters_days",
+    **{table.name: "tombstones_days" for table in _ENTITIES},
 }
 
 
@@ -65,6 +78,9 @@ class RetentionSettings(Protocol):
     @property
     def retention_dead_letters_days(self) -> float: ...
 
+    @property
+    def retention_tombstones_days(self) -> float: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -74,6 +90,7 @@ class Limits:
     reservations_days: float
     history_days: float
     dead_letters_days: float
+    tombstones_days: float
 
     @classmethod
     def of(cls, settings: RetentionSettings) -> Limits:
@@ -82,6 +99,7 @@ class Limits:
             settings.retention_reservations_days,
             settings.retention_history_days,
             settings.retention_dead_letters_days,
+            settings.retention_tombstones_days,
         )
 
 
@@ -184,9 +202,10 @@ class Retention:
             streamed = e.stream_seq <= position
             rules.append(_Rule(processed_events, e.event_id, old & streamed, (streamed, e.stream_seq)))
             rules.append(_Rule(processed_events, e.event_id, old & e.stream_seq.is_(None)))
-        if limits.reservations_days > 0:
+        if limits.reservations_days > 0 or limits.tombstones_days > 0:
             with self.db.read() as conn:
                 host_ids = list(conn.execute(select(hosts.c.host_id).order_by(hosts.c.host_id)).scalars())
+        if limits.reservations_days > 0:
             r = reservations.c
             cutoff = _before(now, limits.reservations_days * DAY_S)
             for host_id in host_ids:  # each on the (host_id, status, expires_at) index
@@ -194,6 +213,17 @@ class Retention:
                 ended &= (r.expires_at < cutoff) & (r.ended_at < cutoff)
                 of_ended = placements.c.reservation_id.in_(select(r.reservation_id).where(ended))
                 rules.append(_Rule(reservations, r.reservation_id, ended, placements=of_ended))
+        if limits.tombstones_days > 0:
+            # never before the event ids: while an id is kept, a redelivered copy is a duplicate by it
+            days = max(limits.tombstones_days, limits.processed_days)
+            cutoff = _before(now, days * DAY_S)
+            for table in _ENTITIES:
+                t = table.c
+                for host_id in host_ids:  # each on an index led by host_id (instances: its inactive ones)
+                    gone = (t.host_id == host_id) & t.deleted & (t.updated_at < cutoff)
+                    if table is instances:
+                        gone &= ~t.active
+                    rules.append(_Rule(table, table.primary_key.columns.values()[1], gone))
         if limits.history_days > 0:
             a = allocation_log.c
             old = a.at < _before(now, limits.history_days * DAY_S)

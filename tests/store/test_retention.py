@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,8 +21,9 @@ from sqlalchemy import text
 
 from ledger.bus.jetstream import DUPLICATE_WINDOW_S, DURABLE
 from ledger.cli.main import main
+from ledger.config import SETTINGS
 from ledger.core.charges import AllocationRequest, Ask
-from ledger.core.records import InstanceRecord
+from ledger.core.records import ImageRecord, InstanceRecord, VolumeRecord
 from ledger.core.resources import ResourceType
 from ledger.store import migrate
 from ledger.store.ledger import EventMark, Ledger
@@ -30,7 +32,7 @@ from tests.conftest import capacities
 
 DAY = 86_400.0
 GIB = 2**30
-DEFAULTS = Limits(processed_days=7.0, reservations_days=7.0, history_days=0.0, dead_letters_days=90.0)
+DEFAULTS = Limits.of(SimpleNamespace(**{s.key: s.default for s in SETTINGS}))
 SMALL = AllocationRequest(vcpus=1, memory_bytes=GIB)
 
 
@@ -236,6 +238,91 @@ def test_a_redelivered_event_whose_id_was_pruned_is_stale_and_changes_nothing(
     assert snapshot() == before
 
 
+# ---- tombstones -----------------------------------------------------------------------------------------
+
+
+def _entities(ledger: Ledger, host_id: str) -> set[tuple[str, str, bool]]:
+    found = set()
+    for table, key in (("instances", "instance_id"), ("volumes", "volume_id"), ("images", "image_id")):
+        query = f"SELECT {key}, deleted FROM {table} WHERE host_id = :h"
+        found |= {(table, str(name), bool(deleted)) for name, deleted in rows(ledger, query, h=host_id)}
+    return found
+
+
+def test_old_tombstones_go_and_live_or_stopped_entities_never_do(
+    ledger: Ledger, retention: Retention, clock: FakeClock, host_id: str
+) -> None:
+    register(ledger, host_id)
+    for name in ("gone", "recent"):
+        ledger.apply_instance(host_id, InstanceRecord(id=f"vm-{name}", state="Running", vcpus=1), version=1)
+        ledger.apply_volume(host_id, VolumeRecord(id=f"vol-{name}", size_bytes=GIB), version=1)
+        ledger.apply_image(host_id, ImageRecord(id=f"img-{name}", size_bytes=GIB), version=1)
+    ledger.apply_instance(host_id, InstanceRecord(id="vm-stopped", state="Stopped", vcpus=1), version=1)
+    ledger.apply_instance(host_id, InstanceRecord(id="vm-live", state="Running", vcpus=2), version=1)
+
+    def delete(name: str) -> None:
+        ledger.delete_instance(host_id, f"vm-{name}", version=2)
+        ledger.delete_volume(host_id, f"vol-{name}", version=2)
+        ledger.delete_image(host_id, f"img-{name}", version=2)
+
+    delete("gone")
+    clock.advance(DEFAULTS.tombstones_days * DAY - 3600)
+    delete("recent")
+    assert retention.prune(DEFAULTS).total == 0, "a tombstone went before its retention"
+    clock.advance(3600 + 1)
+    report = retention.prune(DEFAULTS)
+    assert {t: report.deleted[t] for t in ("instances", "volumes", "images")} == {
+        "instances": 1,
+        "volumes": 1,
+        "images": 1,
+    }
+    assert _entities(ledger, host_id) == {
+        ("instances", "vm-recent", True),
+        ("volumes", "vol-recent", True),
+        ("images", "img-recent", True),
+        ("instances", "vm-stopped", False),
+        ("instances", "vm-live", False),
+    }
+    clock.advance(10 * 365 * DAY)  # live and stopped entities stay, however old
+    retention.prune(DEFAULTS)
+    assert {name for _, name, deleted in _entities(ledger, host_id) if not deleted} == {
+        "vm-stopped",
+        "vm-live",
+    }
+    assert ledger.full_status(host_id).resources[ResourceType.CPU].allocated == 2
+
+
+def test_a_tombstone_outlives_the_event_ids_that_deleted_it(
+    ledger: Ledger, retention: Retention, clock: FakeClock, host_id: str
+) -> None:
+    """With tombstones kept fewer days than event ids, a redelivery the stream could still make would be
+    let in once the tombstone went: the tombstone stays as long as the ids."""
+    register(ledger, host_id)
+    assert instance_event(ledger, host_id, "created", 1, "vm", 1, vcpus=1) == "applied"
+    gone = EventMark("deleted", "instance.deleted", 2)
+    assert ledger.delete_instance(host_id, "vm", version=2, mark=gone).outcome == "applied"
+    handled(ledger, 1, 2)
+    short = replace(DEFAULTS, processed_days=7.0, tombstones_days=1.0)
+    clock.advance(3 * DAY)
+    assert retention.prune(short).deleted["instances"] == 0
+    clock.advance(5 * DAY)
+    report = retention.prune(short)
+    assert (report.deleted["processed_events"], report.deleted["instances"]) == (2, 1)
+
+
+def test_0_keeps_tombstones_forever(
+    ledger: Ledger, retention: Retention, clock: FakeClock, host_id: str
+) -> None:
+    register(ledger, host_id)
+    ledger.apply_instance(host_id, InstanceRecord(id="vm", state="Running", vcpus=1), version=1)
+    ledger.delete_instance(host_id, "vm", version=2)
+    clock.advance(10 * 365 * DAY)
+    report = retention.prune(replace(DEFAULTS, tombstones_days=0.0))
+    assert report.deleted["instances"] == 0
+    assert {"instances", "volumes", "images"} <= set(report.kept_forever)
+    assert _entities(ledger, host_id) == {("instances", "vm", True)}
+
+
 # ---- dead letters and history ---------------------------------------------------------------------------
 
 
@@ -323,7 +410,7 @@ def test_ledger_db_prune_deletes_what_the_settings_let_go(
 ) -> None:
     for name in ("LEDGER_CONFIG", "LEDGER_DATABASE_URL", "DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    for days in ("PROCESSED", "RESERVATIONS", "HISTORY", "DEAD_LETTERS", "USAGE"):
+    for days in ("PROCESSED", "RESERVATIONS", "HISTORY", "DEAD_LETTERS", "TOMBSTONES", "USAGE"):
         monkeypatch.delenv(f"LEDGER_RETENTION_{days}_DAYS", raising=False)
     month_ago = FakeClock(datetime.now(UTC) - timedelta(days=30))
     old = Ledger.open(own_url, migrate=False, clock=month_ago)
@@ -344,6 +431,9 @@ def test_ledger_db_prune_deletes_what_the_settings_let_go(
         "placements": 0,
         "allocation_log": 0,
         "dead_letters": 0,
+        "instances": 0,
+        "volumes": 0,
+        "images": 0,
         "usage_hourly": 0,
         "host_usage_hourly": 0,
         "usage_latest": 0,
