@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,32 @@ def ledger(db_url: str) -> Iterator[Ledger]:
     yield opened
     assert opened.drift() == [], "running totals drifted from the recomputed sums"
     opened.close()
+
+
+class FakeClock:
+    """A clock the test moves by hand, so expiry is decided by the test and not by the machine's speed."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def timed(ledger: Ledger, clock: FakeClock) -> Iterator[Ledger]:
+    """The same database as `ledger`, with time in the test's hands."""
+    opened = Ledger(ledger.engine, clock=clock)
+    yield opened
+    opened.close()  # its own connections; the engine is `ledger`'s
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ The `ledger` fixture asserts after every test that the running totals equal the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +27,7 @@ from ledger.core.records import ImageRecord, InstanceRecord, OciCacheRecord, Vol
 from ledger.core.resources import Capacity, ResourceType, Source
 from ledger.core.units import MAX_AMOUNT
 from ledger.store.ledger import EventMark, Ledger
-from tests.conftest import capacities
+from tests.conftest import FakeClock, capacities
 
 GIB = 2**30
 GB = 10**9
@@ -40,32 +39,6 @@ CPU, MEMORY, DISK, NETWORK, DISK_IO = (
     ResourceType.DISK_IO,
 )
 ONE_TO_ONE = {r: 1.0 for r in ResourceType}
-
-
-class FakeClock:
-    """A clock the test moves by hand, so expiry is decided by the test and not by the machine's speed."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def timed(ledger: Ledger, clock: FakeClock) -> Iterator[Ledger]:
-    """The same database as `ledger`, with time in the test's hands."""
-    opened = Ledger(ledger.engine, clock=clock)
-    yield opened
-    opened.close()  # its own connections; the engine is `ledger`'s
 
 
 def register(

@@ -9,8 +9,7 @@ to fix whether or not any host fits. A host full of expired holds that nothing l
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
@@ -21,35 +20,17 @@ from ledger.core.placement import PlaceCall
 from ledger.core.resources import ResourceType
 from ledger.core.results import Grant
 from ledger.store.ledger import Ledger
-from ledger.store.models import utcnow
 from ledger.store.sql import placements
-from tests.conftest import capacities
+from tests.conftest import FakeClock, capacities
 
 GIB = 2**30
 SMALL = AllocationRequest(vcpus=2, memory_bytes=2 * GIB)
 
 
-class Clock:
-    """The ledger's clock, moved on by the test instead of by waiting."""
-
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def opened(db_url: str, clock: Clock) -> Iterator[Ledger]:
-    ledger = Ledger.open(db_url, migrate=False, clock=clock)
-    yield ledger
-    assert ledger.drift() == [], "running totals drifted from the recomputed sums"
-    ledger.close()
+def opened(timed: Ledger) -> Ledger:
+    """The ledger on each engine, on the test's clock (`clock`)."""
+    return timed
 
 
 def _fleet(ledger: Ledger, vcpus: list[int]) -> tuple[str, list[str]]:
@@ -164,7 +145,7 @@ def test_an_unknown_policy_in_a_search_is_invalid_request(opened: Ledger) -> Non
 
 
 def test_holds_past_their_ttl_give_their_room_back_to_searches_once_swept(
-    opened: Ledger, clock: Clock
+    opened: Ledger, clock: FakeClock
 ) -> None:
     """A host filled by holds nobody came back for looks full to a search (it reads the host's running
     totals without locking it) until the sweep ends them; then candidates and place find it again."""
@@ -181,7 +162,7 @@ def test_holds_past_their_ttl_give_their_room_back_to_searches_once_swept(
     assert placed.host_id == host
 
 
-def test_the_sweep_leaves_holds_inside_their_ttl(opened: Ledger, clock: Clock) -> None:
+def test_the_sweep_leaves_holds_inside_their_ttl(opened: Ledger, clock: FakeClock) -> None:
     run, [host] = _fleet(opened, [4])
     kept = opened.reserve(host, AllocationRequest(vcpus=4), ttl=60)
     clock.now += timedelta(seconds=59)
@@ -191,7 +172,7 @@ def test_the_sweep_leaves_holds_inside_their_ttl(opened: Ledger, clock: Clock) -
         opened.place(Ask(SMALL), labels={"run": run})
 
 
-def test_a_sweep_takes_at_most_its_limit_of_hosts(opened: Ledger, clock: Clock) -> None:
+def test_a_sweep_takes_at_most_its_limit_of_hosts(opened: Ledger, clock: FakeClock) -> None:
     run, hosts = _fleet(opened, [4, 4, 4])
     for host in hosts:
         opened.reserve(host, AllocationRequest(vcpus=4), ttl=5)

@@ -28,25 +28,12 @@ from ledger.core.resources import ResourceType
 from ledger.store import migrate
 from ledger.store.ledger import EventMark, Ledger
 from ledger.store.retention import Limits, Retention
-from tests.conftest import capacities
+from tests.conftest import FakeClock, capacities
 
 DAY = 86_400.0
 GIB = 2**30
 DEFAULTS = Limits.of(SimpleNamespace(**{s.key: s.default for s in SETTINGS}))
 SMALL = AllocationRequest(vcpus=1, memory_bytes=GIB)
-
-
-class FakeClock:
-    """A clock the test moves by hand: days pass in no time."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime.now(UTC).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -58,11 +45,6 @@ def own_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = request.getfixturevalue("pg_database_factory")()
     migrate.upgrade(url)
     return url
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
