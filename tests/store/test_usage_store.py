@@ -3,7 +3,6 @@ of a known series, raw samples kept about two hours, summaries pruned, and the t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,31 +14,15 @@ from ledger.core.resources import ResourceType
 from ledger.core.usage import InstanceUsage, Unmeasured, UsageReport
 from ledger.store.ledger import Ledger
 from ledger.store.usage_tables import usage_samples
-from tests.conftest import capacities
+from tests.conftest import FakeClock, capacities
 
 GIB = 2**30
 
 
-class HourClock:
-    """A clock ten minutes into an hour, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(minute=10, second=0, microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> HourClock:
-    return HourClock()
-
-
-@pytest.fixture
-def timed(ledger: Ledger, clock: HourClock) -> Iterator[Ledger]:
-    opened = Ledger(ledger.engine, clock=clock)
-    yield opened
-    opened.close()
+def clock() -> FakeClock:
+    """Ten minutes into an hour (`timed` runs on it)."""
+    return FakeClock(datetime.now(UTC).replace(minute=10, second=0, microsecond=0))
 
 
 def setup_host(ledger: Ledger, host_id: str, *vms: str) -> None:
@@ -67,7 +50,7 @@ def report(
 
 
 def test_reports_are_stored_and_what_cannot_be_used_is_counted_by_reason(
-    timed: Ledger, clock: HourClock, host_id: str
+    timed: Ledger, clock: FakeClock, host_id: str
 ) -> None:
     setup_host(timed, host_id, "vm-1", "vm-2")
     now = clock.now
@@ -94,7 +77,7 @@ def test_reports_are_stored_and_what_cannot_be_used_is_counted_by_reason(
     assert latest["vm-2"]["cpu_vcpus"] is None
 
 
-def test_a_late_report_never_hides_a_newer_one(timed: Ledger, clock: HourClock, host_id: str) -> None:
+def test_a_late_report_never_hides_a_newer_one(timed: Ledger, clock: FakeClock, host_id: str) -> None:
     setup_host(timed, host_id, "vm-1")
     timed.usage.ingest([report(host_id, clock.now, used("vm-1", cpu=2.0))])
     timed.usage.ingest([report(host_id, clock.now - timedelta(seconds=30), used("vm-1", cpu=0.5))])
@@ -107,7 +90,7 @@ def test_a_late_report_never_hides_a_newer_one(timed: Ledger, clock: HourClock, 
     assert count == 2
 
 
-def test_hourly_summaries_of_a_known_series(timed: Ledger, clock: HourClock, host_id: str) -> None:
+def test_hourly_summaries_of_a_known_series(timed: Ledger, clock: FakeClock, host_id: str) -> None:
     setup_host(timed, host_id, "vm-1", "vm-2")
     start = clock.now.replace(minute=0)
     for n in range(1, 101):  # vm-1 uses 0.01 … 1.00 vCPUs; vm-2 a steady 0.5
@@ -135,7 +118,7 @@ def test_hourly_summaries_of_a_known_series(timed: Ledger, clock: HourClock, hos
 
 
 def test_raw_samples_go_once_their_hour_is_final_and_summaries_after_the_retention(
-    timed: Ledger, clock: HourClock, host_id: str
+    timed: Ledger, clock: FakeClock, host_id: str
 ) -> None:
     setup_host(timed, host_id, "vm-1")
     timed.usage.ingest([report(host_id, clock.now, used("vm-1"))])
@@ -159,7 +142,7 @@ def test_raw_samples_go_once_their_hour_is_final_and_summaries_after_the_retenti
 
 
 def test_the_utilization_views_put_used_beside_allocated(
-    timed: Ledger, clock: HourClock, host_id: str
+    timed: Ledger, clock: FakeClock, host_id: str
 ) -> None:
     setup_host(timed, host_id, "vm-1")
     timed.usage.ingest([report(host_id, clock.now, used("vm-1", cpu=1.5, rss=3 * GIB))])
@@ -202,7 +185,7 @@ def _hours(ledger: Ledger, host_id: str) -> int:
         )
 
 
-def test_advice_from_three_days_of_known_usage(timed: Ledger, clock: HourClock, host_id: str) -> None:
+def test_advice_from_three_days_of_known_usage(timed: Ledger, clock: FakeClock, host_id: str) -> None:
     timed.register_host(host_id, capacities(cpu=8), {r: 4.0 for r in ResourceType})
     timed.apply_instance(host_id, InstanceRecord(id="big", state="Running", vcpus=32, memory_bytes=8 * GIB))
     for _ in range(72):  # three days, ten samples an hour: 4 cores busy, 2 GiB resident
