@@ -1,23 +1,22 @@
 """Weeks of VM churn on one host, with and without retention: the database's size per simulated day.
 
 The ledger runs on a clock the benchmark moves forward one `prune_interval` (5 minutes) per tick, for 45
-days (past the 30 days deleted VMs' tombstones are kept by default). Each tick, VMs arrive (Poisson,
-ARRIVALS_PER_HOUR on average): each is validated (a reservation), then, as the orchestrator would, its hold
-is consumed by `instance.created` (80 %), released (10 %) or left to expire (10 %). A VM lives an
-exponential lifetime (LIFETIME_H on average: a steady population of about 40), then `instance.stopped` and
-`instance.deleted` arrive; `oci_cache.measured` arrives hourly. Events go the consumer's way: real envelopes
-parsed by the contract, applied in one transaction per tick with their ids and stream sequences, the durable
-consumer's position advanced in the same transaction. With pruning, `Retention.prune_once` runs every tick,
-as `ledger serve` runs it every `prune_interval`.
+days. Each tick, VMs arrive (Poisson, ARRIVALS_PER_HOUR on average): each is validated (a reservation),
+then, as the orchestrator would, its hold is consumed by `instance.created` (80 %), released (10 %) or left
+to expire (10 %). A VM lives an exponential lifetime (LIFETIME_H on average: a steady population of about
+40), then `instance.stopped` and `instance.deleted` arrive; `oci_cache.measured` arrives hourly. Events go
+the consumer's way: real envelopes parsed by the contract, applied in one transaction per tick with their
+ids and stream sequences, the durable consumer's position advanced in the same transaction. With pruning,
+`Retention.prune_once` runs every tick, as `ledger serve` runs it every `prune_interval`.
 
 Three runs, the same churn: no pruning; the default retention (history kept forever: it is a product
-feature); and the defaults with 7 days of history and of tombstones. Each simulated day it records the
-database's size (SQLite: the file plus its WAL after a TRUNCATE checkpoint; PostgreSQL: the tables'
+feature); and 7 days of everything (history, dead letters and tombstones too). Each simulated day it records
+the database's size (SQLite: the file plus its WAL after a TRUNCATE checkpoint; PostgreSQL: the tables'
 `pg_total_relation_size` after a plain VACUUM, which stands in for autovacuum in a month squeezed into a
 minute), each table's share (with its indexes) and the row counts. After the run without pruning, one
-`prune` with the defaults and 7 days of history and tombstones shows a backlog's catch-up (what `ledger db
-prune` does on a database that never pruned): rows, batches, the longest write transaction. Dead letters are
-left out: the journal stamps them with the machine's clock, not the ledger's.
+`prune` with 7 days of everything shows a backlog's catch-up (what `ledger db prune` does on a database that
+never pruned): rows, batches, the longest write transaction. Dead letters are left out: the journal stamps
+them with the machine's clock, not the ledger's.
 
 Run: `python bench/churn.py [--days 45] [--postgres]`; results go to bench/results/churn.json.
 """
@@ -295,8 +294,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL")
     args = parser.parse_args()
-    week = replace(DEFAULTS, history_days=7.0, tombstones_days=7.0)
-    plans = [("no pruning", None), ("default retention", DEFAULTS), ("history and tombstones 7 days", week)]
+    # tombstones never go before the dead letters (none in this churn): a week of all three
+    week = replace(DEFAULTS, history_days=7.0, tombstones_days=7.0, dead_letters_days=7.0)
+    plans = [("no pruning", None), ("default retention", DEFAULTS), ("7 days of everything", week)]
     engines = ["sqlite", "postgresql"] if args.postgres else ["sqlite"]
     results, summaries = [], []
     with tempfile.TemporaryDirectory(prefix="ledger-churn-") as tmp:

@@ -510,8 +510,9 @@ SETTINGS: tuple[Setting, ...] = (
         _days,
         "a number of days (0 keeps them forever)",
         "how long deleted instances, volumes and images are remembered (never less than "
-        "retention_processed_days); a copy of an event about one that arrives after that counts as new",
-        30.0,
+        "retention_processed_days or retention_dead_letters_days, and forever while dead letters are); "
+        "a copy of an event about one that arrives after that counts as new",
+        90.0,
     ),
     Setting(
         "prune_interval",

@@ -41,8 +41,8 @@ def register(subcommands: Any) -> argparse.ArgumentParser:
 def _retention_help() -> str:
     """What `prune` deletes, from the settings registry: each retention setting, its default, its meaning."""
     intro = (
-        "prune deletes, in small batches, what these settings let go (in days; 0 keeps forever; a held "
-        "reservation is never pruned). Set them in the environment or the --config file:"
+        "prune deletes what these settings let go (in days; 0 keeps forever; a held reservation is never "
+        "pruned). Set them in the environment or the --config file:"
     )
     lines = [textwrap.fill(intro, width=79)]
     for setting in SETTINGS:

@@ -7,10 +7,11 @@ Each kind of row goes after its own number of days (0 keeps it forever):
   not deliver it again), and never while it is inside the stream's duplicate window. Events applied outside
   a stream (`stream_seq` NULL: a file, a dead-letter replay) go by age alone. A copy that still arrives
   later is harmless: events carry full records and per-entity versions, and the entity's row (or its
-  tombstone) keeps the version, so the copy reads as `stale` and changes nothing.
-- tombstones (`deleted` instances, volumes, images) by `updated_at`, never sooner than the event ids: the
-  version they keep is the last word on a deleted entity, and only a copy arriving after they went (a
-  publisher resending after a month, by default) would count as new.
+  tombstone, for as long as it is kept) keeps the version, so the copy reads as `stale` and changes nothing.
+- tombstones (`deleted` instances, volumes, images) by `updated_at`, never sooner than the event ids and
+  the dead letters (kept forever while those are): the version they keep is the last word on a deleted
+  entity, and a replayed dead letter carries no event id. Only a copy arriving after they went would count
+  as new. Each delete takes the host's lock, as every writer of its entities does.
 - `reservations`: ended ones (consumed, released, expired) by `ended_at` (and `expires_at`, which the
   search runs on), with the `placements` row of their idempotency key. A held one never goes, even long
   past its TTL: only the sweep under the host lock may end it, since it still counts in the host's
@@ -22,9 +23,10 @@ None of these rows is what the running totals count, so `ledger_drift` is the sa
 A batch picks its keys in a read transaction (on SQLite it takes no write lock, so admission never waits
 behind the search), then deletes them by key in a short write transaction that checks the rule again: a
 row that stopped qualifying meanwhile stays. Every search runs on an index, so a run that finds nothing
-costs a few index probes, not a scan of a table kept for weeks: event ids in stream order, history and
-dead letters in id order (both age along it), reservations per host on (host_id, status, expires_at),
-tombstones per host on an index led by host_id.
+reads a little of each, not a table kept for weeks: event ids in stream order, history and
+dead letters in id order (both age along it), reservations per host on (host_id, status, expires_at).
+Tombstones are looked for per host on an index led by host_id, which reads the host's inactive instances
+and all its volumes and images: a few rows a host, but more than a probe.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any, Protocol
 from sqlalchemy import Column, Connection, Select, Table, delete, func, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
+from ledger.core.errors import UnknownHost
 from ledger.core.results import CONSUMED, EXPIRED, RELEASED
 from ledger.store.database import Database
 from ledger.store.journal import dead_letters, last_stream_seq, processed_events
@@ -135,13 +138,15 @@ class _Rule:
     """The rows of `table` that may go (`where`), and how a batch looks for them on an index. With a
     `head` (a scope, and an order along which its rows age), a search reads only the `batch` oldest rows
     in scope and takes those old enough; without one, `where` itself is an indexed search. Reservations
-    also name their placements."""
+    also name their placements. With `lock_host`, each delete first takes that host's lock, as every
+    writer of its entities does: a tombstone is read and rewritten under it when its id comes back."""
 
     table: Table
     key: Column[Any]
     where: ColumnElement[bool]
     head: tuple[ColumnElement[bool], Column[Any]] | None = None
     placements: ColumnElement[bool] | None = None
+    lock_host: str | None = None
 
     def candidates(self, batch: int) -> Select[Any]:
         if self.head is None:
@@ -193,7 +198,12 @@ class Retention:
     def _rules(self, limits: Limits) -> tuple[list[_Rule], tuple[str, ...]]:
         now = self.db.clock()
         rules: list[_Rule] = []
-        kept = tuple(table for table in TABLES if getattr(limits, _DAYS[table]) <= 0)
+        kept = tuple(
+            table
+            for table in TABLES
+            if getattr(limits, _DAYS[table]) <= 0
+            or (_DAYS[table] == "tombstones_days" and limits.dead_letters_days <= 0)
+        )
         if limits.processed_days > 0:
             with self.db.read() as conn:
                 position = last_stream_seq(conn, self.consumer)
@@ -213,9 +223,10 @@ class Retention:
                 ended &= (r.expires_at < cutoff) & (r.ended_at < cutoff)
                 of_ended = placements.c.reservation_id.in_(select(r.reservation_id).where(ended))
                 rules.append(_Rule(reservations, r.reservation_id, ended, placements=of_ended))
-        if limits.tombstones_days > 0:
-            # never before the event ids: while an id is kept, a redelivered copy is a duplicate by it
-            days = max(limits.tombstones_days, limits.processed_days)
+        if limits.tombstones_days > 0 and limits.dead_letters_days > 0:
+            # never before the event ids (a redelivered copy is a duplicate by its id while that is kept)
+            # nor the dead letters (a replayed one carries no id: only the tombstone's version stops it)
+            days = max(limits.tombstones_days, limits.processed_days, limits.dead_letters_days)
             cutoff = _before(now, days * DAY_S)
             for table in _ENTITIES:
                 t = table.c
@@ -223,7 +234,8 @@ class Retention:
                     gone = (t.host_id == host_id) & t.deleted & (t.updated_at < cutoff)
                     if table is instances:
                         gone &= ~t.active
-                    rules.append(_Rule(table, table.primary_key.columns.values()[1], gone))
+                    key = table.primary_key.columns.values()[1]
+                    rules.append(_Rule(table, key, gone, lock_host=host_id))
         if limits.history_days > 0:
             a = allocation_log.c
             old = a.at < _before(now, limits.history_days * DAY_S)
@@ -251,6 +263,11 @@ class Retention:
             with self.db.transaction() as tx:
                 writer = tx.conn
                 assert writer is not None
+                if rule.lock_host is not None:
+                    try:
+                        tx.lock(rule.lock_host)
+                    except UnknownHost:  # removed meanwhile, and its rows with it
+                        return
                 statement = delete(rule.table).where(rule.key.in_(keys), rule.where)
                 if rule.placements is None:
                     gone = writer.execute(statement.returning(rule.key)).all()

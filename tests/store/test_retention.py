@@ -8,6 +8,7 @@ equal the recomputed sums.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -26,6 +27,7 @@ from ledger.core.charges import AllocationRequest, Ask
 from ledger.core.records import ImageRecord, InstanceRecord, VolumeRecord
 from ledger.core.resources import ResourceType
 from ledger.store import migrate
+from ledger.store.entity_rows import Statements
 from ledger.store.ledger import EventMark, Ledger
 from ledger.store.retention import Limits, Retention
 from tests.conftest import FakeClock, capacities
@@ -284,12 +286,70 @@ def test_a_tombstone_outlives_the_event_ids_that_deleted_it(
     gone = EventMark("deleted", "instance.deleted", 2)
     assert ledger.delete_instance(host_id, "vm", version=2, mark=gone).outcome == "applied"
     handled(ledger, 1, 2)
-    short = replace(DEFAULTS, processed_days=7.0, tombstones_days=1.0)
+    short = replace(DEFAULTS, processed_days=7.0, tombstones_days=1.0, dead_letters_days=1.0)
     clock.advance(3 * DAY)
     assert retention.prune(short).deleted["instances"] == 0
     clock.advance(5 * DAY)
     report = retention.prune(short)
     assert (report.deleted["processed_events"], report.deleted["instances"]) == (2, 1)
+
+
+def test_a_tombstone_outlives_the_dead_letters_a_replay_could_bring_back(
+    ledger: Ledger, retention: Retention, clock: FakeClock, host_id: str
+) -> None:
+    """A replayed dead letter is applied without an event id: only the tombstone's version keeps it out,
+    so the tombstone stays as long as the dead letters (forever when they are kept forever)."""
+    register(ledger, host_id)
+    ledger.apply_instance(host_id, InstanceRecord(id="vm", state="Running", vcpus=2), version=1)
+    ledger.delete_instance(host_id, "vm", version=2)
+    limits = replace(DEFAULTS, tombstones_days=30.0, dead_letters_days=90.0)
+    clock.advance(31 * DAY)
+    assert retention.prune(limits).deleted["instances"] == 0
+    late = InstanceRecord(id="vm", state="Running", vcpus=2)  # the creation, replayed from a dead letter
+    assert ledger.apply_instance(host_id, late, version=1).outcome == "stale"
+    forever = replace(limits, dead_letters_days=0.0)
+    clock.advance(10 * 365 * DAY)
+    report = retention.prune(forever)
+    assert report.deleted["instances"] == 0 and "instances" in report.kept_forever
+    assert ledger.full_status(host_id).resources[ResourceType.CPU].allocated == 0
+    assert retention.prune(limits).deleted["instances"] == 1
+
+
+def test_pruning_a_tombstone_waits_for_the_host_lock_of_an_event_bringing_it_back(
+    ledger: Ledger,
+    retention: Retention,
+    clock: FakeClock,
+    host_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An image id pulled again months later: the event reads the tombstone under the host's lock, and a
+    prune runs right then. It must wait for that lock and then find the row no longer a tombstone; had it
+    deleted the row between the event's read and its rewrite, the rewrite would hit nothing and the host's
+    totals would count an image that is not there (PostgreSQL; SQLite's one writer orders them anyway)."""
+    register(ledger, host_id)
+    ledger.apply_image(host_id, ImageRecord(id="img", size_bytes=GIB), version=1)
+    ledger.delete_image(host_id, "img", version=2)
+    clock.advance((DEFAULTS.dead_letters_days + 1) * DAY)
+    pruned: list[Any] = []
+    threads: list[threading.Thread] = []
+    read = Statements.load
+
+    def read_then_prune(self: Statements, conn: Any, ids: Any) -> Any:
+        rows = read(self, conn, ids)
+        if self.kind.table.name == "images" and not threads:
+            threads.append(threading.Thread(target=lambda: pruned.append(retention.prune(DEFAULTS))))
+            threads[0].start()
+            threads[0].join(timeout=1.0)  # long enough to delete, had it not waited for the host
+        return rows
+
+    monkeypatch.setattr(Statements, "load", read_then_prune)
+    assert ledger.apply_image(host_id, ImageRecord(id="img", size_bytes=GIB), version=3).outcome == "applied"
+    threads[0].join(timeout=30)
+    assert not threads[0].is_alive()
+    assert pruned[0].deleted["images"] == 0
+    assert _entities(ledger, host_id) == {("images", "img", False)}
+    assert ledger.drift() == []
+    assert ledger.full_status(host_id).disk_breakdown.images_bytes == GIB
 
 
 def test_0_keeps_tombstones_forever(
