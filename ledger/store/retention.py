@@ -32,7 +32,7 @@ and all its volumes and images: a few rows a host, but more than a probe.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -111,7 +111,7 @@ class PruneReport:
     """Rows deleted per table (in a dry run: that would be), and how the work was cut up."""
 
     deleted: dict[str, int]
-    kept_forever: tuple[str, ...]  # tables whose retention is 0
+    kept_forever: Mapping[str, str]  # table → the setting at 0 that keeps its rows forever
     dry_run: bool = False
     batches: int = 0  # write transactions
     longest_batch_s: float = 0.0  # the longest of them, lock wait included
@@ -126,7 +126,7 @@ class PruneReport:
             "dry_run": self.dry_run,
             "deleted": dict(self.deleted),
             "total": self.total,
-            "kept_forever": {table: f"retention_{_DAYS[table]}" for table in self.kept_forever},
+            "kept_forever": dict(self.kept_forever),
             "batches": self.batches,
             "longest_batch_ms": round(self.longest_batch_s * 1000, 3),
             "complete": self.complete,
@@ -195,15 +195,16 @@ class Retention:
                 self._drain(rule, batch, max_batches, tally)
         return PruneReport(tally.deleted, kept, dry_run, tally.batches, tally.longest, tally.complete)
 
-    def _rules(self, limits: Limits) -> tuple[list[_Rule], tuple[str, ...]]:
+    def _rules(self, limits: Limits) -> tuple[list[_Rule], dict[str, str]]:
         now = self.db.clock()
         rules: list[_Rule] = []
-        kept = tuple(
-            table
-            for table in TABLES
-            if getattr(limits, _DAYS[table]) <= 0
-            or (_DAYS[table] == "tombstones_days" and limits.dead_letters_days <= 0)
-        )
+        kept: dict[str, str] = {}
+        for name in TABLES:
+            limit = _DAYS[name]
+            if limit == "tombstones_days" and limits.dead_letters_days <= 0:
+                limit = "dead_letters_days"  # tombstones stay while dead letters could bring them back
+            if getattr(limits, limit) <= 0:
+                kept[name] = f"retention_{limit}"
         if limits.processed_days > 0:
             with self.db.read() as conn:
                 position = last_stream_seq(conn, self.consumer)
