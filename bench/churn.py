@@ -35,7 +35,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,7 +42,7 @@ from common import PgDatabase, percentile, write_results
 from sqlalchemy import text
 
 from ledger.bus.jetstream import DUPLICATE_WINDOW_S, DURABLE
-from ledger.config import SETTINGS
+from ledger.config import SETTINGS_BY_KEY
 from ledger.core.charges import AllocationRequest
 from ledger.core.resources import Capacity, ResourceType, Source
 from ledger.events.apply import apply_events
@@ -58,9 +57,8 @@ GIB = 2**30
 ARRIVALS_PER_HOUR = 6.0
 LIFETIME_H = 8.0
 CONSUMED, RELEASED = 0.8, 0.1  # the rest of the holds expire
-SETTINGS_DEFAULTS = SimpleNamespace(**{setting.key: setting.default for setting in SETTINGS})
-TICK_S = float(SETTINGS_DEFAULTS.prune_interval)
-DEFAULTS = Limits.of(SETTINGS_DEFAULTS)
+TICK_S = float(SETTINGS_BY_KEY["prune_interval"].default)
+DEFAULTS = Limits.defaults()
 TABLES = ("processed_events", "reservations", "allocation_log", "instances", "dead_letters")  # what churns
 START = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,7 +21,6 @@ from sqlalchemy import text
 
 from ledger.bus.jetstream import DUPLICATE_WINDOW_S, DURABLE
 from ledger.cli.main import main
-from ledger.config import SETTINGS
 from ledger.core.charges import AllocationRequest, Ask
 from ledger.core.records import ImageRecord, InstanceRecord, VolumeRecord
 from ledger.core.resources import ResourceType
@@ -34,7 +32,7 @@ from tests.conftest import FakeClock, capacities
 
 DAY = 86_400.0
 GIB = 2**30
-DEFAULTS = Limits.of(SimpleNamespace(**{s.key: s.default for s in SETTINGS}))
+DEFAULTS = Limits.defaults()
 SMALL = AllocationRequest(vcpus=1, memory_bytes=GIB)
 
 
