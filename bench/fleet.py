@@ -17,7 +17,10 @@ zero before anything is measured. Then, on PostgreSQL:
     the consumer position advanced in the same transaction) to one host, per 1,000 records, once in a fresh
     database of 10,000 instances and once in the big one after the run (statistics refreshed after a
     warm-up round, as autovacuum would): the ratio must stay ≤ 1.5;
-  * the time of `SELECT * FROM ledger_drift` after the load and again at the end (it must read zero).
+  * the time of `SELECT * FROM ledger_drift` after the load and again at the end (it must read zero);
+  * upkeep: one background prune run with the default retention (`Retention.prune_once`, what `ledger
+    serve` runs every `prune_interval`) with nothing old enough to go, by rule, and one expiry sweep
+    (`Ledger.sweep_due`, every `sweep_interval`) with nothing due: medians of 3 and 20 runs.
 On SQLite: candidates in-process at concurrency 1 with limit 10, and `ledger_drift`'s time.
 
 Targets (issue 15): PostgreSQL candidates p50 ≤ 10 ms and p99 ≤ 50 ms; place ≥ 500/s at c=32 with 2
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import multiprocessing
@@ -56,6 +60,7 @@ from fleet_load import drift_check, instance_record, load_fleet
 from sqlalchemy import Engine, text
 
 from ledger.bus.embedded import EmbeddedNats, terminate
+from ledger.bus.jetstream import DUPLICATE_WINDOW_S, DURABLE
 from ledger.client import LedgerClient
 from ledger.core.charges import AllocationRequest
 from ledger.core.errors import InsufficientResources, LedgerError
@@ -65,6 +70,7 @@ from ledger.events.contract import Event, make_event, parse_event, subject_for
 from ledger.store import migrate
 from ledger.store.engine import make_engine
 from ledger.store.ledger import Ledger
+from ledger.store.retention import Limits, Retention
 
 REPO = Path(__file__).resolve().parent.parent
 GIB, GB = 2**30, 10**9
@@ -465,6 +471,8 @@ def bench_postgres(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             result["candidates_in_process"] = found = candidates_in_process(ledger, args.candidates_calls)
             _print_latency("candidates in-process, c=1, limit 10", found)
             result.update(serve_phase(url, ledger, args, tmp))
+            result["upkeep"] = kept = upkeep(ledger)  # after the run: its holds are in `reservations`
+            print(f"  upkeep with nothing to do: {kept}")
             result["hosts_over_limit"] = over = hosts_over_limit(engine)
             print(f"  hosts over an effective limit after the run: {over}")
             result["growth_large"] = large = growth(ledger, args.growth_rounds, 1000)
@@ -480,6 +488,45 @@ def bench_postgres(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     print(f"  growth at {args.growth_small:,} instances: {small['median_s']} s per 1,000")
     result["growth_ratio"] = round(large["median_s"] / small["median_s"], 3)
     return result
+
+
+def upkeep(ledger: Ledger) -> dict[str, Any]:
+    """What `ledger serve`'s background upkeep costs the database when there is nothing to delete or sweep:
+    a prune run with the default retention, by rule (the time of each kind of row, measured alone), and
+    the expiry sweep's search."""
+    defaults = Limits.defaults()
+    retention = Retention(ledger.db, consumer=DURABLE, duplicate_window_s=DUPLICATE_WINDOW_S)
+    off = dataclasses.replace(
+        defaults,
+        processed_days=0,
+        reservations_days=0,
+        history_days=0,
+        dead_letters_days=0,
+        tombstones_days=0,
+    )
+    alone = {  # each rule on its own (tombstones need the dead letters' retention, which has no rule cost)
+        "processed_events": dataclasses.replace(off, processed_days=defaults.processed_days),
+        "reservations": dataclasses.replace(off, reservations_days=defaults.reservations_days),
+        "tombstones": dataclasses.replace(
+            off, tombstones_days=defaults.tombstones_days, dead_letters_days=defaults.dead_letters_days
+        ),
+    }
+
+    def median_s(work: Any, runs: int) -> float:
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+        return round(statistics.median(times), 4)
+
+    return {
+        "prune_run_s": median_s(lambda: retention.prune_once(defaults), 3),
+        "prune_run_s_by_rule": {
+            name: median_s(lambda lim=lim: retention.prune_once(lim), 3) for name, lim in alone.items()
+        },
+        "sweep_ms": round(median_s(lambda: ledger.sweep_due(500), 20) * 1000, 2),
+    }
 
 
 def serve_phase(url: str, ledger: Ledger, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
